@@ -1,0 +1,340 @@
+//! Configuration: command-line flags, each also read from a `RONDO_*` environment variable.
+//!
+//! A flag given on the command line wins over its environment variable. Every value is checked
+//! before anything starts; [`explain`] turns a bad one into a message that names the setting,
+//! the value and what is expected, and the binary exits with code 2.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser};
+
+/// `rondo healthcheck`: exit 0 when the balancer's listener accepts a connection on
+/// 127.0.0.1, 1 otherwise (for Docker's HEALTHCHECK in images without a shell).
+#[derive(Debug, Parser)]
+#[command(name = "rondo healthcheck")]
+pub struct Healthcheck {
+    /// Port to check; defaults to the port of RONDO_LISTEN.
+    #[arg(long, env = "RONDO_HEALTHCHECK_PORT")]
+    pub port: Option<u16>,
+    /// The balancer's listen address, whose port is checked when --port is not given.
+    #[arg(long, env = "RONDO_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+}
+
+/// rondo: a round-robin HTTP load balancer that follows Docker Compose replicas.
+///
+/// Every flag can also be set by the environment variable named beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "rondo",
+    version,
+    after_help = "Run `rondo healthcheck` to check a running balancer (exit 0 or 1)."
+)]
+pub struct Config {
+    /// Address and port to accept client connections on.
+    #[arg(
+        long,
+        env = "RONDO_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR:PORT"
+    )]
+    pub listen: SocketAddr,
+
+    /// Comma-separated `host:port` list of upstreams; every address each host resolves to is an
+    /// endpoint (e.g. server1:8080,server2:8080).
+    #[arg(long, env = "RONDO_UPSTREAMS", value_name = "HOST:PORT,...")]
+    pub upstreams: UpstreamList,
+
+    /// How often every upstream name is resolved again (the DNS TTL is not trusted).
+    #[arg(long, env = "RONDO_DISCOVERY_INTERVAL", default_value = "1s", value_parser = parse_interval, value_name = "DURATION")]
+    pub discovery_interval: Duration,
+
+    /// Worker threads serving clients; 0 means one per CPU core.
+    #[arg(long, env = "RONDO_WORKERS", default_value_t = 0, value_name = "N")]
+    pub workers: usize,
+
+    /// Time allowed to open a connection to an endpoint (then 504).
+    #[arg(long, env = "RONDO_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+
+    /// Time allowed from sending a request to an endpoint until its response headers arrive
+    /// (then 504). The response body is not limited.
+    #[arg(long, env = "RONDO_RESPONSE_TIMEOUT", default_value = "60s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub response_timeout: Duration,
+
+    /// How long an idle keep-alive connection to an endpoint is kept for reuse. Keep it below
+    /// the endpoints' own keep-alive timeout.
+    #[arg(long, env = "RONDO_UPSTREAM_IDLE_TIMEOUT", default_value = "4s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub upstream_idle_timeout: Duration,
+
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish before exit.
+    #[arg(long, env = "RONDO_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The configuration for `upstreams` with every other setting at its default.
+    pub fn with_upstreams(upstreams: Vec<Upstream>) -> Config {
+        let mut config = Config::parse_from(["rondo", "--upstreams", "placeholder:1"]);
+        config.upstreams = UpstreamList(upstreams);
+        config
+    }
+
+    /// Worker threads to start: `workers`, or one per core when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
+/// One configured upstream: a host name or IP literal, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    /// Parses `host:port`, `ipv4:port` or `[ipv6]:port`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+            format!("'{s}' has no port: write it as host:port, e.g. server1:8080")
+        })?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or_else(|| {
+                format!("'{s}': an IPv6 address goes in brackets, e.g. [::1]:8080")
+            })?,
+            None if host.contains(':') => {
+                return Err(format!(
+                    "'{s}': an IPv6 address goes in brackets, e.g. [::1]:8080"
+                ))
+            }
+            None => host,
+        };
+        if host.is_empty() {
+            return Err(format!(
+                "'{s}' has no host: write it as host:port, e.g. server1:8080"
+            ));
+        }
+        if let Some(bad) = host
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
+        {
+            return Err(format!(
+                "'{s}': the host contains '{bad}', which no host name or IP address has"
+            ));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("'{s}': the port must be a number from 1 to 65535")),
+        };
+        Ok(Upstream {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// The comma-separated list of upstreams; never empty, no upstream twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamList(pub Vec<Upstream>);
+
+impl FromStr for UpstreamList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut list: Vec<Upstream> = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let upstream: Upstream = item.parse()?;
+            if list.contains(&upstream) {
+                return Err(format!("'{upstream}' is listed twice"));
+            }
+            list.push(upstream);
+        }
+        if list.is_empty() {
+            return Err("expected at least one host:port, e.g. server1:8080,server2:8080".into());
+        }
+        Ok(UpstreamList(list))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| "expected a duration such as 500ms, 1s, 1m30s".to_string())
+}
+
+fn parse_at_least(s: &str, min: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min {
+        return Err(format!(
+            "expected at least {}",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
+/// Discovery intervals below 10ms would keep a resolver thread spinning.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_at_least(s, Duration::from_millis(10))
+}
+
+/// A zero timeout would fail every request.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    parse_at_least(s, Duration::from_millis(1))
+}
+
+/// Turns a clap error into the message rondo prints, naming the environment variable too.
+///
+/// Help and version requests come back unchanged.
+pub fn explain(err: &clap::Error) -> String {
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    let setting = arg.as_deref().map(setting_name);
+    match (err.kind(), setting) {
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(setting)) => {
+            let value = match err.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) => v.clone(),
+                _ => String::new(),
+            };
+            let reason = std::error::Error::source(err)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "the value is not valid".into());
+            format!("rondo: bad value '{value}' for {setting}: {reason}\n")
+        }
+        (ErrorKind::MissingRequiredArgument, Some(setting)) => format!(
+            "rondo: {setting} is not set: give the upstreams to balance as a comma-separated \
+             host:port list, e.g. RONDO_UPSTREAMS=server1:8080,server2:8080\n"
+        ),
+        _ => err.render().to_string(),
+    }
+}
+
+/// `--discovery-interval <DURATION>` → `RONDO_DISCOVERY_INTERVAL (--discovery-interval)`.
+fn setting_name(arg: &str) -> String {
+    let long = arg.split_whitespace().next().unwrap_or(arg);
+    let cmd = Config::command();
+    let env = cmd
+        .get_arguments()
+        .find(|a| {
+            a.get_long()
+                .is_some_and(|l| long.trim_start_matches('-') == l)
+        })
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned());
+    match env {
+        Some(env) => format!("{env} ({long})"),
+        None => long.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["rondo"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).map_err(|e| explain(&e))
+    }
+
+    /// Every setting but the upstreams has a default.
+    #[test]
+    fn defaults_apply() {
+        let c = parse(&["--upstreams", "server1:8080, server2:8080"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.discovery_interval, Duration::from_secs(1));
+        assert_eq!(c.upstreams.0.len(), 2);
+        assert_eq!(c.upstreams.0[1].to_string(), "server2:8080");
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    /// Host names, IPv4 and bracketed IPv6 parse; the display form is what was written.
+    #[test]
+    fn upstream_forms() {
+        for ok in [
+            "server1:8080",
+            "10.0.0.1:80",
+            "[::1]:8080",
+            "my_app-1.local:1",
+        ] {
+            assert_eq!(ok.parse::<Upstream>().unwrap().to_string(), ok);
+        }
+        assert_eq!("[::1]:8080".parse::<Upstream>().unwrap().host, "::1");
+    }
+
+    /// Each malformed upstream is refused with a reason that says how to write it.
+    #[test]
+    fn bad_upstreams_are_explained() {
+        for (bad, expect) in [
+            ("server1", "has no port"),
+            (":8080", "has no host"),
+            ("server1:0", "from 1 to 65535"),
+            ("server1:http", "from 1 to 65535"),
+            ("::1:8080", "in brackets"),
+            ("ser ver:80", "contains ' '"),
+            ("a:1,a:1", "listed twice"),
+            (" , ", "at least one host:port"),
+        ] {
+            let msg = parse(&["--upstreams", bad]).unwrap_err();
+            assert!(msg.contains("RONDO_UPSTREAMS (--upstreams)"), "{msg}");
+            assert!(msg.contains(expect), "{bad}: {msg}");
+        }
+    }
+
+    /// A bad duration names the setting, the value and the expected form.
+    #[test]
+    fn bad_duration_is_explained() {
+        let msg = parse(&["--upstreams", "a:1", "--discovery-interval", "soon"]).unwrap_err();
+        assert_eq!(
+            msg,
+            "rondo: bad value 'soon' for RONDO_DISCOVERY_INTERVAL (--discovery-interval): \
+             expected a duration such as 500ms, 1s, 1m30s\n"
+        );
+        let msg = parse(&["--upstreams", "a:1", "--discovery-interval", "1ms"]).unwrap_err();
+        assert!(msg.contains("expected at least 10ms"), "{msg}");
+        let msg = parse(&["--upstreams", "a:1", "--connect-timeout", "0s"]).unwrap_err();
+        assert!(msg.contains("RONDO_CONNECT_TIMEOUT"), "{msg}");
+    }
+
+    /// A missing upstream list says which variable to set and shows an example.
+    #[test]
+    fn missing_upstreams_is_explained() {
+        let msg = parse(&[]).unwrap_err();
+        assert!(
+            msg.contains("RONDO_UPSTREAMS (--upstreams) is not set"),
+            "{msg}"
+        );
+        assert!(msg.contains("server1:8080"), "{msg}");
+    }
+
+    /// A bad listen address names RONDO_LISTEN.
+    #[test]
+    fn bad_listen_is_explained() {
+        let msg = parse(&["--upstreams", "a:1", "--listen", "8080"]).unwrap_err();
+        assert!(msg.contains("RONDO_LISTEN (--listen)"), "{msg}");
+        assert!(msg.contains("'8080'"), "{msg}");
+    }
+}

@@ -1,0 +1,36 @@
+//! rondo's balancer: a round-robin HTTP load balancer that follows Docker Compose replicas.
+//!
+//! # Layout
+//! - [`config`]: flags and `RONDO_*` environment variables, checked up front, with messages
+//!   that say what to fix.
+//! - [`discovery`]: resolves every upstream name each interval into endpoints ([`Resolve`] is
+//!   the seam: the system resolver, or a [`StaticResolver`] in tests).
+//! - [`endpoint`]: an endpoint and the immutable [`EndpointSet`] requests read.
+//! - [`selection`]: round robin with one position shared by all workers, swapped whole.
+//! - [`proxy`]: the forwarding path and the errors the balancer answers itself (502/503/504).
+//! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
+//!
+//! # A request's path
+//! ```text
+//! client ──► actix-web worker ──► RoundRobin::load().select() ──► awc client (per worker,
+//!            (any of N threads)    one atomic fetch_add            pooled keep-alive)
+//!                                                                        │
+//! client ◄── response streamed back, hop-by-hop headers removed ◄── endpoint (ip:port)
+//!
+//! discovery (every interval): resolve each upstream ─► EndpointSet ─► RoundRobin::replace
+//! ```
+//!
+//! [`Resolve`]: discovery::Resolve
+//! [`StaticResolver`]: discovery::StaticResolver
+//! [`EndpointSet`]: endpoint::EndpointSet
+
+pub mod config;
+pub mod discovery;
+pub mod endpoint;
+pub mod healthcheck;
+pub mod proxy;
+pub mod selection;
+pub mod server;
+
+pub use config::Config;
+pub use server::{start, Running};

@@ -1,0 +1,231 @@
+//! Round-robin selection over the current endpoint set.
+//!
+//! The set and its cursor are swapped in whole with [`ArcSwap`]: a request only `load()`s the
+//! current [`Rotation`] and takes the next position with one atomic `fetch_add`, so every worker
+//! shares one position and the sequence is exact under concurrency (300 requests over three
+//! endpoints give each exactly 100).
+//!
+//! When discovery changes the set, the new rotation starts right after the endpoint served last,
+//! found by the set's order rather than by index, so a change makes no endpoint skip its turn and
+//! repeats at most one pick (a request that loaded the old rotation just before the swap).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::endpoint::{Endpoint, EndpointSet};
+
+/// One endpoint set with the round-robin position into it.
+#[derive(Debug, Default)]
+pub struct Rotation {
+    set: EndpointSet,
+    /// Count of picks made from this set, plus the start offset given at the swap.
+    next: AtomicUsize,
+}
+
+impl Rotation {
+    /// A rotation over `set` whose first pick is `set.endpoints()[start]`.
+    pub fn new(set: EndpointSet, start: usize) -> Self {
+        Rotation {
+            set,
+            next: AtomicUsize::new(start),
+        }
+    }
+
+    /// The endpoint set this rotation runs over.
+    pub fn set(&self) -> &EndpointSet {
+        &self.set
+    }
+
+    /// The next endpoint in turn, or `None` when the set is empty (the caller answers 503).
+    pub fn select(&self) -> Option<&Arc<Endpoint>> {
+        let endpoints = self.set.endpoints();
+        if endpoints.is_empty() {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let endpoint = &endpoints[n % endpoints.len()];
+        endpoint.count_request();
+        Some(endpoint)
+    }
+
+    /// The endpoint picked last, or `None` before the first pick.
+    fn last_selected(&self) -> Option<&Arc<Endpoint>> {
+        let endpoints = self.set.endpoints();
+        let n = self.next.load(Ordering::Relaxed);
+        if endpoints.is_empty() || n == 0 {
+            return None;
+        }
+        Some(&endpoints[(n - 1) % endpoints.len()])
+    }
+}
+
+/// Round robin over an endpoint set that discovery replaces while requests run.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    current: ArcSwap<Rotation>,
+}
+
+impl RoundRobin {
+    /// A selector with no endpoints: every `select` returns `None` until the first `replace`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The rotation in force now; cheap, lock-free, and stable for as long as it is held.
+    pub fn load(&self) -> Arc<Rotation> {
+        self.current.load_full()
+    }
+
+    /// Replaces the endpoint set; the next pick follows the endpoint picked last.
+    ///
+    /// Called by discovery only (one writer). Requests that loaded the old rotation finish on
+    /// it; their endpoints keep their state because [`EndpointSet::build`] reuses them.
+    pub fn replace(&self, set: EndpointSet) {
+        let old = self.current.load();
+        let start = match old.last_selected() {
+            Some(last) => set.position_after(last),
+            None => 0,
+        };
+        self.current.store(Arc::new(Rotation::new(set, start)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::UpstreamEndpoints;
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last], 8080))
+    }
+
+    fn set_of(upstreams: &[(&str, &[u8])], previous: &EndpointSet) -> EndpointSet {
+        let found: Vec<UpstreamEndpoints> = upstreams
+            .iter()
+            .map(|(name, hosts)| UpstreamEndpoints {
+                upstream: Arc::from(*name),
+                addrs: hosts.iter().map(|h| addr(*h)).collect(),
+            })
+            .collect();
+        EndpointSet::build(&found, previous)
+    }
+
+    fn picks(rr: &RoundRobin, n: usize) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|_| rr.load().select().expect("an endpoint").addr())
+            .collect()
+    }
+
+    /// An empty set selects nothing, so the caller can answer 503 (and nothing divides by zero).
+    #[test]
+    fn empty_set_selects_none() {
+        let rr = RoundRobin::new();
+        assert!(rr.load().select().is_none());
+        rr.replace(set_of(&[("a:80", &[])], &EndpointSet::default()));
+        assert!(rr.load().select().is_none());
+        assert_eq!(rr.load().set().without_endpoints(), &[Arc::from("a:80")]);
+    }
+
+    /// Upstreams keep their configured order and addresses are sorted within each.
+    #[test]
+    fn order_is_upstreams_as_configured_then_sorted_addresses() {
+        let rr = RoundRobin::new();
+        rr.replace(set_of(
+            &[("b:80", &[9, 3]), ("a:80", &[2, 1])],
+            &EndpointSet::default(),
+        ));
+        assert_eq!(
+            picks(&rr, 5),
+            vec![addr(3), addr(9), addr(1), addr(2), addr(3)]
+        );
+    }
+
+    /// Picks from many threads at once still give every endpoint the same share.
+    #[test]
+    fn concurrent_picks_are_exactly_even() {
+        let rr = Arc::new(RoundRobin::new());
+        rr.replace(set_of(&[("a:80", &[1, 2, 3])], &EndpointSet::default()));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let rr = rr.clone();
+                std::thread::spawn(move || picks(&rr, 3000))
+            })
+            .collect();
+        let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
+        for t in threads {
+            for a in t.join().unwrap() {
+                *counts.entry(a).or_default() += 1;
+            }
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|&c| c == 8000), "{counts:?}");
+    }
+
+    /// Adding endpoints mid-cycle continues after the last pick: the new ones join this cycle.
+    #[test]
+    fn growing_the_set_neither_skips_nor_repeats() {
+        let rr = RoundRobin::new();
+        rr.replace(set_of(&[("a:80", &[1, 2, 3])], &EndpointSet::default()));
+        assert_eq!(picks(&rr, 2), vec![addr(1), addr(2)]);
+        let old = rr.load();
+        rr.replace(set_of(&[("a:80", &[1, 2, 3, 4, 5])], old.set()));
+        assert_eq!(
+            picks(&rr, 6),
+            vec![addr(3), addr(4), addr(5), addr(1), addr(2), addr(3)]
+        );
+    }
+
+    /// Removing the endpoint that was picked last (and its successor) resumes at the next one left.
+    #[test]
+    fn shrinking_the_set_resumes_after_the_last_pick() {
+        let rr = RoundRobin::new();
+        rr.replace(set_of(
+            &[("a:80", &[1, 2, 3, 4, 5])],
+            &EndpointSet::default(),
+        ));
+        assert_eq!(picks(&rr, 3), vec![addr(1), addr(2), addr(3)]);
+        let old = rr.load();
+        rr.replace(set_of(&[("a:80", &[1, 2, 5])], old.set()));
+        assert_eq!(picks(&rr, 4), vec![addr(5), addr(1), addr(2), addr(5)]);
+    }
+
+    /// After the last endpoint in order was served, a swap wraps to the start.
+    #[test]
+    fn swap_after_the_end_of_a_cycle_wraps() {
+        let rr = RoundRobin::new();
+        rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
+        assert_eq!(picks(&rr, 2), vec![addr(1), addr(2)]);
+        let old = rr.load();
+        rr.replace(set_of(&[("a:80", &[1, 2])], old.set()));
+        assert_eq!(picks(&rr, 2), vec![addr(1), addr(2)]);
+    }
+
+    /// An endpoint kept across a swap is the same object, so its counters carry over.
+    #[test]
+    fn swap_keeps_state_of_endpoints_present_in_both() {
+        let rr = RoundRobin::new();
+        rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
+        picks(&rr, 4);
+        let old = rr.load();
+        rr.replace(set_of(&[("a:80", &[2, 3])], old.set()));
+        let new = rr.load();
+        let kept = &new.set().endpoints()[0];
+        assert_eq!(kept.addr(), addr(2));
+        assert!(Arc::ptr_eq(kept, &old.set().endpoints()[1]));
+        assert_eq!(kept.requests(), 2);
+        assert_eq!(new.set().endpoints()[1].requests(), 0);
+    }
+
+    /// The same address under two upstreams is two endpoints, each in its upstream's place.
+    #[test]
+    fn same_address_under_two_upstreams_is_two_endpoints() {
+        let set = set_of(&[("a:80", &[1]), ("b:80", &[1])], &EndpointSet::default());
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.endpoints()[0].upstream(), "a:80");
+        assert_eq!(set.endpoints()[1].upstream(), "b:80");
+    }
+}

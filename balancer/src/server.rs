@@ -1,0 +1,122 @@
+//! Wiring: the discovery loop, one awc client per worker, and the actix-web server.
+//!
+//! [`start`] takes a bound listener so tests can bind `127.0.0.1:0` and run the real server;
+//! the binary binds the configured address and calls the same function.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use awc::{Client, Connector};
+use log::info;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::discovery::{Discovery, Resolve};
+use crate::proxy;
+use crate::selection::RoundRobin;
+
+/// A balancer that is serving: its server, its discovery loop and its endpoint selector.
+pub struct Running {
+    server: Server,
+    addrs: Vec<SocketAddr>,
+    selector: Arc<RoundRobin>,
+    stop_discovery: oneshot::Sender<()>,
+    discovery: JoinHandle<()>,
+}
+
+impl Running {
+    /// The addresses the balancer accepts clients on.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The selector discovery publishes into (to look at the current endpoint set).
+    pub fn selector(&self) -> &Arc<RoundRobin> {
+        &self.selector
+    }
+
+    /// A handle that stops the server: gracefully (in-flight requests finish within the
+    /// shutdown timeout) or at once.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server stops (SIGTERM, SIGINT, or [`ServerHandle::stop`]), then stops
+    /// discovery and waits for it.
+    pub async fn wait(self) -> io::Result<()> {
+        let result = self.server.await;
+        let _ = self.stop_discovery.send(());
+        let _ = self.discovery.await;
+        info!("stopped");
+        result
+    }
+}
+
+/// Starts the balancer on `listener`, resolving upstreams through `resolver`.
+///
+/// The first discovery round runs before the first client is accepted, bounded by
+/// [`RESOLVE_TIMEOUT`](crate::discovery::RESOLVE_TIMEOUT); names that do not resolve yet do not
+/// stop the start: requests get 503 until they do. Must run inside an actix (tokio) runtime.
+pub async fn start<R: Resolve>(
+    config: &Config,
+    listener: TcpListener,
+    resolver: R,
+) -> io::Result<Running> {
+    let selector = Arc::new(RoundRobin::new());
+    let mut discovery = Discovery::new(config.upstreams.0.clone(), resolver, selector.clone());
+    discovery.tick().await;
+    let (stop_discovery, stopped) = oneshot::channel();
+    let discovery = tokio::spawn(discovery.run(config.discovery_interval, stopped));
+
+    let shared = web::Data::new(selector.clone());
+    let client_config = config.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(shared.clone())
+            .app_data(web::Data::new(upstream_client(&client_config)))
+            .default_service(web::to(proxy::forward))
+    })
+    .workers(config.worker_count())
+    .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
+    .listen(listener)?;
+    let addrs = server.addrs();
+    let server = server.run();
+    info!(
+        "listening on {addrs:?} with {} worker(s), balancing {}",
+        config.worker_count(),
+        config
+            .upstreams
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Running {
+        server,
+        addrs,
+        selector,
+        stop_discovery,
+        discovery,
+    })
+}
+
+/// The awc client of one worker: keep-alive pool to endpoints with no limit on connections
+/// checked out (awc's default of 100 queues requests), no redirects followed, no
+/// decompression (awc is built without it), no default `User-Agent` added.
+fn upstream_client(config: &Config) -> Client {
+    let connector = Connector::new()
+        .limit(0)
+        .timeout(config.connect_timeout)
+        .conn_keep_alive(config.upstream_idle_timeout);
+    Client::builder()
+        .connector(connector)
+        .timeout(config.response_timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .finish()
+}
