@@ -1,1 +1,156 @@
+//! The demo backend behind rondo: answers `$MESSAGE` and says which replica served it.
+//!
+//! Three compose services run this one image with different `MESSAGE`s, as the three Python
+//! servers of the original tutorial did. Every response carries `X-Served-By: <hostname>`, so a
+//! client can tell replicas of one service apart.
+//!
+//! # Routes
+//! - `GET /` (and `HEAD`): `$MESSAGE` as `text/plain`.
+//! - `GET /health` (and `HEAD`): 200 `ok` (for health checks).
+//! - `/echo` (any method): JSON with the method, path, query, every header as received, and the
+//!   body's length and SHA-256. A test aid.
+//! - `GET /bytes/{n}`: `n` bytes of a fixed pattern ([`pattern_byte`]), streamed. A test aid.
 
+use std::io;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{DefaultHeaders, Logger};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use sha2::{Digest, Sha256};
+
+/// The header naming the replica (container hostname) that answered.
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+
+/// Largest `n` that `/bytes/{n}` serves: 4 GiB.
+pub const MAX_BYTES: u64 = 4 << 30;
+
+/// What one backend instance says and who it says it is.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The body of `GET /`.
+    pub message: String,
+    /// The value of `X-Served-By`; the machine's hostname in a container.
+    pub served_by: String,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// Byte `i` of every `/bytes/{n}` body: a 251-byte cycle, so a shifted or dropped chunk
+/// changes the digest.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// Starts serving on `listener`. The server stops gracefully on SIGTERM or SIGINT: it stops
+/// accepting, finishes in-flight requests within `shutdown_timeout`, and resolves `Ok`.
+pub fn start(listener: TcpListener, settings: Settings) -> io::Result<Server> {
+    let served_by = HeaderValue::from_str(&settings.served_by)
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let message = web::Data::new(settings.message);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .wrap(DefaultHeaders::new().add((SERVED_BY, served_by.clone())))
+            .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+            .app_data(message.clone())
+            .route("/", web::get().to(index))
+            .route("/", web::head().to(index))
+            .route("/health", web::get().to(health))
+            .route("/health", web::head().to(health))
+            .route("/echo", web::to(echo))
+            .route("/bytes/{n}", web::get().to(bytes))
+    })
+    // Longer than any sane proxy's idle timeout, so the proxy closes idle connections first.
+    .keep_alive(Duration::from_secs(75))
+    .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
+    if settings.workers > 0 {
+        server = server.workers(settings.workers);
+    }
+    Ok(server.listen(listener)?.run())
+}
+
+async fn index(message: web::Data<String>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(message.get_ref().clone())
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+async fn echo(req: HttpRequest, mut body: web::Payload) -> actix_web::Result<HttpResponse> {
+    let mut hasher = Sha256::new();
+    let mut length: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        length += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "method": req.method().as_str(),
+        "path": req.path(),
+        "query": req.query_string(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+        "body_length": length,
+        "body_sha256": hex::encode(hasher.finalize()),
+    })))
+}
+
+async fn bytes(n: web::Path<u64>) -> HttpResponse {
+    const CHUNK: u64 = 64 * 1024;
+    let n = n.into_inner();
+    if n > MAX_BYTES {
+        return HttpResponse::BadRequest().body(format!("at most {MAX_BYTES} bytes\n"));
+    }
+    let chunks = stream::iter((0..n.div_ceil(CHUNK)).map(move |c| {
+        let start = c * CHUNK;
+        let end = (start + CHUNK).min(n);
+        Ok::<_, std::convert::Infallible>(Bytes::from_iter((start..end).map(pattern_byte)))
+    }));
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .no_chunking(n)
+        .streaming(chunks)
+}
+
+/// Whether `GET /health` on `127.0.0.1:port` answers 200 within `timeout`.
+pub fn check_health(port: u16, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let fail = |e: io::Error| format!("GET http://{addr}/health failed: {e}");
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
+    stream.set_read_timeout(Some(timeout)).map_err(fail)?;
+    stream.set_write_timeout(Some(timeout)).map_err(fail)?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(fail)?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).map_err(fail)?;
+    match &head {
+        b"HTTP/1.1 200" | b"HTTP/1.0 200" => Ok(()),
+        other => Err(format!(
+            "GET http://{addr}/health answered '{}'",
+            String::from_utf8_lossy(other)
+        )),
+    }
+}

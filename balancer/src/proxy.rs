@@ -129,6 +129,8 @@ pub async fn forward(
         req.method().clone(),
         format!("{}{path}", endpoint.base_url()),
     );
+    // Without this awc would add `Accept-Encoding: identity` to requests that had none.
+    upstream_req = upstream_req.no_decompress();
     let headers = upstream_req.headers_mut();
     copy_end_to_end(req.headers(), headers);
     add_forwarded(&req, headers);

@@ -7,7 +7,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 use awc::{Client, Connector};
 use log::info;
@@ -21,7 +21,8 @@ use crate::selection::RoundRobin;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
 pub struct Running {
-    server: Server,
+    server: JoinHandle<io::Result<()>>,
+    handle: ServerHandle,
     addrs: Vec<SocketAddr>,
     selector: Arc<RoundRobin>,
     stop_discovery: oneshot::Sender<()>,
@@ -42,13 +43,16 @@ impl Running {
     /// A handle that stops the server: gracefully (in-flight requests finish within the
     /// shutdown timeout) or at once.
     pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+        self.handle.clone()
     }
 
     /// Serves until the server stops (SIGTERM, SIGINT, or [`ServerHandle::stop`]), then stops
     /// discovery and waits for it.
     pub async fn wait(self) -> io::Result<()> {
-        let result = self.server.await;
+        let result = self
+            .server
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
         let _ = self.stop_discovery.send(());
         let _ = self.discovery.await;
         info!("stopped");
@@ -56,11 +60,13 @@ impl Running {
     }
 }
 
-/// Starts the balancer on `listener`, resolving upstreams through `resolver`.
+/// Starts the balancer on `listener`, resolving upstreams through `resolver`; it serves in the
+/// background until stopped.
 ///
 /// The first discovery round runs before the first client is accepted, bounded by
 /// [`RESOLVE_TIMEOUT`](crate::discovery::RESOLVE_TIMEOUT); names that do not resolve yet do not
-/// stop the start: requests get 503 until they do. Must run inside an actix (tokio) runtime.
+/// stop the start: requests get 503 until they do. Must run inside an actix runtime
+/// (`actix_web::rt::System`, or `#[actix_web::test]`).
 pub async fn start<R: Resolve>(
     config: &Config,
     listener: TcpListener,
@@ -85,6 +91,8 @@ pub async fn start<R: Resolve>(
     .listen(listener)?;
     let addrs = server.addrs();
     let server = server.run();
+    let handle = server.handle();
+    let server = actix_web::rt::spawn(server);
     info!(
         "listening on {addrs:?} with {} worker(s), balancing {}",
         config.worker_count(),
@@ -98,6 +106,7 @@ pub async fn start<R: Resolve>(
     );
     Ok(Running {
         server,
+        handle,
         addrs,
         selector,
         stop_discovery,

@@ -1,1 +1,99 @@
+//! Helpers for rondo's cross-crate tests: real backends and a real balancer on `127.0.0.1:0`.
+//!
+//! Tests run inside `#[actix_web::test]`; every server started here stops when the test's
+//! runtime ends.
 
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use balancer::config::Upstream;
+use balancer::discovery::Resolve;
+use balancer::{Config, Running};
+
+/// A backend serving on an ephemeral port of 127.0.0.1.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+}
+
+/// Starts a backend that answers `message` and names itself `served_by`.
+pub fn start_backend(message: &str, served_by: &str) -> Backend {
+    start_backend_on("127.0.0.1:0", message, served_by)
+}
+
+/// Starts a backend on `bind` (an address of the loopback range, port 0 for any).
+pub fn start_backend_on(bind: &str, message: &str, served_by: &str) -> Backend {
+    let listener = TcpListener::bind(bind).expect("bind a backend");
+    let addr = listener.local_addr().unwrap();
+    let server = backend::start(
+        listener,
+        backend::Settings {
+            message: message.into(),
+            served_by: served_by.into(),
+            workers: 1,
+            shutdown_timeout: Duration::from_secs(1),
+        },
+    )
+    .expect("start a backend");
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Backend { addr, handle }
+}
+
+/// The configuration of a balancer in front of `upstreams`, listening on 127.0.0.1:0, with a
+/// fast discovery interval; the caller may change any field before [`start_balancer`].
+pub fn config_for(upstreams: &[String]) -> Config {
+    let mut config = Config::with_upstreams(
+        upstreams
+            .iter()
+            .map(|u| u.parse::<Upstream>().expect("an upstream"))
+            .collect(),
+    );
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.workers = 4;
+    config.discovery_interval = Duration::from_millis(50);
+    config.shutdown_timeout = Duration::from_secs(1);
+    config
+}
+
+/// Starts a balancer with `config` (its `listen` port is ignored: it binds 127.0.0.1:0).
+pub async fn start_balancer<R: Resolve>(config: &Config, resolver: R) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the balancer");
+    balancer::start(config, listener, resolver)
+        .await
+        .expect("start the balancer")
+}
+
+/// `http://127.0.0.1:port` of a running balancer.
+pub fn url_of(running: &Running, path: &str) -> String {
+    format!("http://{}{path}", running.addrs()[0])
+}
+
+/// An awc client for tests: no response timeout beyond 30 s, no decompression surprises.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .disable_redirects()
+        .finish()
+}
+
+/// Sends `GET url` and returns the status, the `X-Served-By` header and the body.
+pub async fn get(client: &awc::Client, url: &str) -> (u16, String, String) {
+    let mut res = client
+        .get(url)
+        .send()
+        .await
+        .expect("GET through the balancer");
+    let served_by = res
+        .headers()
+        .get("x-served-by")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = res.body().limit(1 << 20).await.expect("a body");
+    (
+        res.status().as_u16(),
+        served_by,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
