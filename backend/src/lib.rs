@@ -10,6 +10,8 @@
 //! - `/echo` (any method): JSON with the method, path, query, every header as received, and the
 //!   body's length and SHA-256. A test aid.
 //! - `GET /bytes/{n}`: `n` bytes of a fixed pattern ([`pattern_byte`]), streamed. A test aid.
+//! - `GET /delay/{ms}`: waits `ms` milliseconds (at most a minute), then answers `$MESSAGE`.
+//!   A test aid.
 
 use std::io;
 use std::net::TcpListener;
@@ -65,6 +67,7 @@ pub fn start(listener: TcpListener, settings: Settings) -> io::Result<Server> {
             .route("/health", web::head().to(health))
             .route("/echo", web::to(echo))
             .route("/bytes/{n}", web::get().to(bytes))
+            .route("/delay/{ms}", web::get().to(delay))
     })
     // Longer than any sane proxy's idle timeout, so the proxy closes idle connections first.
     .keep_alive(Duration::from_secs(75))
@@ -129,6 +132,12 @@ async fn bytes(n: web::Path<u64>) -> HttpResponse {
         .content_type("application/octet-stream")
         .no_chunking(n)
         .streaming(chunks)
+}
+
+async fn delay(ms: web::Path<u64>, message: web::Data<String>) -> HttpResponse {
+    let ms = ms.into_inner().min(60_000);
+    actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
+    index(message).await
 }
 
 /// Whether `GET /health` on `127.0.0.1:port` answers 200 within `timeout`.
