@@ -40,6 +40,7 @@ pub struct Config {
         long,
         env = "RONDO_LISTEN",
         default_value = "0.0.0.0:8080",
+        value_parser = parse_listen,
         value_name = "ADDR:PORT"
     )]
     pub listen: SocketAddr,
@@ -54,7 +55,7 @@ pub struct Config {
     pub discovery_interval: Duration,
 
     /// Worker threads serving clients; 0 means one per CPU core.
-    #[arg(long, env = "RONDO_WORKERS", default_value_t = 0, value_name = "N")]
+    #[arg(long, env = "RONDO_WORKERS", default_value_t = 0, value_parser = parse_workers, value_name = "N")]
     pub workers: usize,
 
     /// Time allowed to open a connection to an endpoint (then 504).
@@ -174,6 +175,19 @@ impl FromStr for UpstreamList {
             return Err("expected at least one host:port, e.g. server1:8080,server2:8080".into());
         }
         Ok(UpstreamList(list))
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        "expected an IP address and port such as 0.0.0.0:8080 or [::]:8080".to_string()
+    })
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= 1024 => Ok(n),
+        _ => Err("expected a whole number from 0 (one per CPU core) to 1024".to_string()),
     }
 }
 
@@ -336,5 +350,6 @@ mod tests {
         let msg = parse(&["--upstreams", "a:1", "--listen", "8080"]).unwrap_err();
         assert!(msg.contains("RONDO_LISTEN (--listen)"), "{msg}");
         assert!(msg.contains("'8080'"), "{msg}");
+        assert!(msg.contains("such as 0.0.0.0:8080"), "{msg}");
     }
 }
