@@ -10,6 +10,8 @@
 //! - `/echo` (any method): JSON with the method, path, query, every header as received, and the
 //!   body's length and SHA-256. A test aid.
 //! - `GET /bytes/{n}`: `n` bytes of a fixed pattern ([`pattern_byte`]), streamed. A test aid.
+//! - Every request is logged with its `X-Test-Id` header (`test_id=-` when absent), so a fault
+//!   test can count which backend received which request.
 //! - `GET /delay/{ms}`: waits `ms` milliseconds (at most a minute), then answers `$MESSAGE`.
 //!   A test aid.
 
@@ -59,7 +61,8 @@ pub fn start(listener: TcpListener, settings: Settings) -> io::Result<Server> {
     let mut server = HttpServer::new(move || {
         App::new()
             .wrap(DefaultHeaders::new().add((SERVED_BY, served_by.clone())))
-            .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+            // `test_id` lets fault tests see which backend received which request, and how often.
+            .wrap(Logger::new("%a \"%r\" %s %b %Dms test_id=%{x-test-id}i"))
             .app_data(message.clone())
             .route("/", web::get().to(index))
             .route("/", web::head().to(index))
