@@ -58,8 +58,9 @@ pub struct Config {
     #[arg(long, env = "RONDO_WORKERS", default_value_t = 0, value_parser = parse_workers, value_name = "N")]
     pub workers: usize,
 
-    /// Time allowed to open a connection to an endpoint (then 504).
-    #[arg(long, env = "RONDO_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
+    /// Time allowed to open a connection to an endpoint (then another endpoint is tried, or
+    /// 504). Keep it below RONDO_RESPONSE_TIMEOUT.
+    #[arg(long, env = "RONDO_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_timeout, value_name = "DURATION")]
     pub connect_timeout: Duration,
 
     /// Time allowed from sending a request to an endpoint until its response headers arrive
@@ -72,12 +73,86 @@ pub struct Config {
     #[arg(long, env = "RONDO_UPSTREAM_IDLE_TIMEOUT", default_value = "4s", value_parser = parse_timeout, value_name = "DURATION")]
     pub upstream_idle_timeout: Duration,
 
+    /// Time allowed to receive a client's request head (then 408).
+    #[arg(long, env = "RONDO_CLIENT_TIMEOUT", default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub client_timeout: Duration,
+
+    /// Tries per request, the first included: a failed try is repeated on another endpoint
+    /// when that is safe (see the README); 1 turns retries off.
+    #[arg(long, env = "RONDO_TRIES", default_value = "3", value_parser = parse_tries, value_name = "N")]
+    pub tries: u32,
+
+    /// No new try starts later than this after the request arrived.
+    #[arg(long, env = "RONDO_RETRY_TIMEOUT", default_value = "15s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub retry_timeout: Duration,
+
+    /// Request bodies up to this size are held in memory so that a retry can send them again;
+    /// longer bodies are streamed and never retried.
+    #[arg(long, env = "RONDO_RETRY_BODY_LIMIT", default_value = "64KiB", value_parser = parse_size, value_name = "BYTES")]
+    pub retry_body_limit: u64,
+
+    /// Failed requests within RONDO_FAIL_TIMEOUT that take an endpoint out of rotation (passive
+    /// health, like nginx's max_fails); 0 turns passive checks off.
+    #[arg(long, env = "RONDO_MAX_FAILS", default_value_t = 1, value_name = "N")]
+    pub max_fails: u32,
+
+    /// The window failures are counted in, and how long an endpoint then stays out before one
+    /// trial request decides whether it returns.
+    #[arg(long, env = "RONDO_FAIL_TIMEOUT", default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub fail_timeout: Duration,
+
+    /// Active health checks: `on` probes every endpoint with GET RONDO_HEALTH_PATH; `off` when
+    /// the service has no health endpoint.
+    #[arg(long, env = "RONDO_HEALTH_CHECKS",
+        action = clap::ArgAction::Set, default_value = "on", value_parser = parse_switch, value_name = "on|off")]
+    pub health_checks: bool,
+
+    /// Path the active check requests; a 2xx or 3xx answer passes.
+    #[arg(long, env = "RONDO_HEALTH_PATH", default_value = "/health", value_parser = parse_path, value_name = "PATH")]
+    pub health_path: String,
+
+    /// Time between two probes of one endpoint.
+    #[arg(long, env = "RONDO_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_interval, value_name = "DURATION")]
+    pub health_interval: Duration,
+
+    /// Time a probe may take before it counts as failed.
+    #[arg(long, env = "RONDO_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub health_timeout: Duration,
+
+    /// Good probes in a row that bring a down endpoint back.
+    #[arg(long, env = "RONDO_HEALTH_RISE", default_value = "2", value_parser = parse_count, value_name = "N")]
+    pub health_rise: u32,
+
+    /// Failed probes in a row that take an endpoint out.
+    #[arg(long, env = "RONDO_HEALTH_FALL", default_value = "3", value_parser = parse_count, value_name = "N")]
+    pub health_fall: u32,
+
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "RONDO_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
 }
 
 impl Config {
+    /// The passive health policy these settings give.
+    pub fn passive_policy(&self) -> crate::health::PassivePolicy {
+        crate::health::PassivePolicy {
+            max_fails: self.max_fails,
+            fail_timeout: self.fail_timeout,
+        }
+    }
+
+    /// The active health policy these settings give.
+    pub fn active_policy(&self) -> crate::health::ActivePolicy {
+        crate::health::ActivePolicy {
+            enabled: self.health_checks,
+            path: self.health_path.clone(),
+            interval: self.health_interval,
+            timeout: self.health_timeout,
+            rise: self.health_rise,
+            fall: self.health_fall,
+        }
+    }
+
     /// The configuration for `upstreams` with every other setting at its default.
     pub fn with_upstreams(upstreams: Vec<Upstream>) -> Config {
         let mut config = Config::parse_from(["rondo", "--upstreams", "placeholder:1"]);
@@ -189,6 +264,59 @@ fn parse_workers(s: &str) -> Result<usize, String> {
         Ok(n) if n <= 1024 => Ok(n),
         _ => Err("expected a whole number from 0 (one per CPU core) to 1024".to_string()),
     }
+}
+
+fn parse_tries(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 (no retries) to 16".to_string()),
+    }
+}
+
+fn parse_count(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 100".to_string()),
+    }
+}
+
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err("expected on or off".to_string()),
+    }
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.starts_with('/')
+        && s.parse::<actix_web::http::Uri>().is_ok()
+        && !s.contains(char::is_whitespace)
+    {
+        Ok(s.to_string())
+    } else {
+        Err("expected a path that starts with /, e.g. /health".to_string())
+    }
+}
+
+/// Sizes: a number of bytes, optionally with KiB, MiB or GiB (or K, M, G: also powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err("expected a size such as 65536, 64KiB or 1MiB".to_string()),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_shl(shift).filter(|v| v >> shift == n))
+        .ok_or_else(|| "expected a size such as 65536, 64KiB or 1MiB".to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -342,6 +470,35 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("server1:8080"), "{msg}");
+    }
+
+    /// Health and retry settings parse their forms and refuse others with the expected form.
+    #[test]
+    fn health_and_retry_settings() {
+        let c = parse(&[
+            "--upstreams",
+            "a:1",
+            "--retry-body-limit",
+            "1MiB",
+            "--health-checks",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(c.retry_body_limit, 1 << 20);
+        assert!(!c.health_checks);
+        assert_eq!(c.tries, 3);
+        assert_eq!(c.health_path, "/health");
+        for (flag, value, expect) in [
+            ("--tries", "0", "from 1 (no retries) to 16"),
+            ("--health-path", "health", "starts with /"),
+            ("--health-checks", "maybe", "on or off"),
+            ("--retry-body-limit", "lots", "64KiB"),
+            ("--health-rise", "0", "from 1 to 100"),
+        ] {
+            let msg = parse(&["--upstreams", "a:1", flag, value]).unwrap_err();
+            assert!(msg.contains(expect), "{flag} {value}: {msg}");
+            assert!(msg.contains("RONDO_"), "{msg}");
+        }
     }
 
     /// A bad listen address names RONDO_LISTEN.

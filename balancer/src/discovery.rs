@@ -110,18 +110,28 @@ pub struct Discovery<R> {
     known: Vec<Known>,
     resolver: R,
     selector: Arc<RoundRobin>,
+    /// Whether new endpoints wait for a good active probe before they take requests.
+    probed: bool,
 }
 
 impl<R: Resolve> Discovery<R> {
-    /// Discovery of `upstreams` through `resolver`, publishing into `selector`.
+    /// Discovery of `upstreams` through `resolver`, publishing into `selector`. New endpoints
+    /// take requests at once; see [`Discovery::probed`].
     pub fn new(upstreams: Vec<Upstream>, resolver: R, selector: Arc<RoundRobin>) -> Self {
         Discovery {
+            probed: false,
             names: upstreams.iter().map(|u| Arc::from(u.to_string())).collect(),
             known: upstreams.iter().map(|_| Known::default()).collect(),
             upstreams,
             resolver,
             selector,
         }
+    }
+
+    /// New endpoints wait for their first good active probe before they take requests.
+    pub fn probed(mut self, probed: bool) -> Self {
+        self.probed = probed;
+        self
     }
 
     /// Resolves every upstream once (all at once) and swaps in the new set if it changed.
@@ -149,7 +159,7 @@ impl<R: Resolve> Discovery<R> {
             })
             .collect();
         let current = self.selector.load();
-        let set = EndpointSet::build(&found, current.set());
+        let set = EndpointSet::build(&found, current.set(), self.probed);
         if set.same_endpoints(current.set()) {
             return false;
         }
@@ -238,7 +248,7 @@ mod tests {
         let resolver = StaticResolver::new();
         resolver.set("b", vec![addr(4), addr(3)]);
         resolver.set("a", vec![addr(1)]);
-        let selector = Arc::new(RoundRobin::new());
+        let selector = Arc::new(RoundRobin::default());
         let mut d = Discovery::new(
             vec![upstream("b"), upstream("a")],
             resolver,
@@ -254,7 +264,7 @@ mod tests {
     async fn failure_keeps_last_known_endpoints() {
         let resolver = StaticResolver::new();
         resolver.set("a", vec![addr(1), addr(2)]);
-        let selector = Arc::new(RoundRobin::new());
+        let selector = Arc::new(RoundRobin::default());
         let mut d = Discovery::new(
             vec![upstream("a"), upstream("never")],
             resolver.clone(),
@@ -280,7 +290,7 @@ mod tests {
     async fn change_keeps_state_of_endpoints_in_both() {
         let resolver = StaticResolver::new();
         resolver.set("a", vec![addr(1), addr(2)]);
-        let selector = Arc::new(RoundRobin::new());
+        let selector = Arc::new(RoundRobin::default());
         let mut d = Discovery::new(vec![upstream("a")], resolver.clone(), selector.clone());
         d.tick().await;
         let before = selector.load();
@@ -301,7 +311,7 @@ mod tests {
     async fn run_stops_on_shutdown() {
         let resolver = StaticResolver::new();
         resolver.set("a", vec![addr(1)]);
-        let selector = Arc::new(RoundRobin::new());
+        let selector = Arc::new(RoundRobin::default());
         let d = Discovery::new(vec![upstream("a")], resolver, selector.clone());
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(d.run(Duration::from_millis(10), rx));

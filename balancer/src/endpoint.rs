@@ -7,8 +7,11 @@
 
 use std::cmp::Ordering;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::health::{ActivePolicy, ActiveState, Admission, Flip, PassivePolicy, PassiveState};
 
 /// One address that serves an upstream, with the state that outlives discovery swaps.
 #[derive(Debug)]
@@ -22,18 +25,102 @@ pub struct Endpoint {
     base_url: String,
     /// Requests this balancer has sent to the endpoint since it was first discovered.
     requests: AtomicU64,
+    /// Requests sent and not yet finished (response body included); counted by [`InFlight`].
+    in_flight: AtomicUsize,
+    /// The active check's verdict is `Up` (always true when active checks are off): read on
+    /// every selection, so kept apart from `active`.
+    active_up: AtomicBool,
+    active: Mutex<ActiveState>,
+    /// False while passive checking has the endpoint out: the request path reads only this
+    /// unless it is false.
+    passive_in: AtomicBool,
+    /// True when `passive` holds anything a success must reset (failures, a time out).
+    passive_dirty: AtomicBool,
+    passive: Mutex<PassiveState>,
 }
 
 impl Endpoint {
-    /// Makes an endpoint of `upstream` (configured at `upstream_index`) at `addr`.
-    pub fn new(upstream_index: usize, upstream: Arc<str>, addr: SocketAddr) -> Self {
+    /// Makes an endpoint of `upstream` (configured at `upstream_index`) at `addr`. With
+    /// `probed` true it starts in rotation; otherwise it waits for its first good probe.
+    pub fn new(upstream_index: usize, upstream: Arc<str>, addr: SocketAddr, probed: bool) -> Self {
         Endpoint {
             upstream_index,
             upstream,
             addr,
             base_url: format!("http://{addr}"),
             requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            active_up: AtomicBool::new(!probed),
+            active: Mutex::new(ActiveState::default()),
+            passive_in: AtomicBool::new(true),
+            passive_dirty: AtomicBool::new(false),
+            passive: Mutex::new(PassiveState::default()),
         }
+    }
+
+    /// Requests sent to this endpoint that have not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Whether both checks have it in rotation (a passive time out may be over but untried).
+    pub fn is_healthy(&self) -> bool {
+        self.active_up.load(AtomicOrdering::Relaxed)
+            && self.passive_in.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Whether a request may go to this endpoint now; may grant the single passive trial.
+    pub fn admit(&self, policy: &PassivePolicy) -> Admission {
+        if !self.active_up.load(AtomicOrdering::Relaxed) {
+            return Admission::No;
+        }
+        if self.passive_in.load(AtomicOrdering::Relaxed) {
+            return Admission::Yes;
+        }
+        lock(&self.passive).admit(Instant::now(), policy)
+    }
+
+    /// Records that a request to this endpoint got a response.
+    pub fn report_success(&self) -> Option<Flip> {
+        if !self.passive_dirty.load(AtomicOrdering::Relaxed) {
+            return None;
+        }
+        let mut passive = lock(&self.passive);
+        let flip = passive.on_success();
+        self.sync_passive(&passive);
+        flip
+    }
+
+    /// Records that a request to this endpoint failed (connect, reset or timeout).
+    pub fn report_failure(&self, policy: &PassivePolicy, reason: &str) -> Option<Flip> {
+        let mut passive = lock(&self.passive);
+        let flip = passive.on_failure(Instant::now(), policy, reason);
+        self.sync_passive(&passive);
+        flip
+    }
+
+    fn sync_passive(&self, passive: &PassiveState) {
+        self.passive_in
+            .store(!passive.is_out(), AtomicOrdering::Relaxed);
+        self.passive_dirty
+            .store(passive.is_dirty(), AtomicOrdering::Relaxed);
+    }
+
+    /// Records one active probe result.
+    pub fn observe_probe(&self, result: Result<(), String>, policy: &ActivePolicy) -> Option<Flip> {
+        let mut active = lock(&self.active);
+        let flip = active.observe(result, policy);
+        self.active_up.store(
+            active.verdict() == crate::health::Verdict::Up,
+            AtomicOrdering::Relaxed,
+        );
+        flip
     }
 
     /// The socket address requests go to.
@@ -71,6 +158,21 @@ impl Endpoint {
     }
 }
 
+/// Takes a lock that a panic elsewhere cannot leave half-written (health state is plain data).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request in flight to an endpoint; dropping it (on any path) gives the count back.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
+}
+
 /// What discovery found for one upstream on its last successful resolution.
 #[derive(Debug, Clone)]
 pub struct UpstreamEndpoints {
@@ -92,8 +194,13 @@ impl EndpointSet {
     /// Builds the set from discovery's findings, one entry per upstream in configured order.
     ///
     /// An endpoint also present in `previous` (same upstream, same address) is reused, so its
-    /// state carries over; every other endpoint starts fresh.
-    pub fn build(upstreams: &[UpstreamEndpoints], previous: &EndpointSet) -> EndpointSet {
+    /// state carries over; every other endpoint starts fresh: waiting for its first good probe
+    /// when `probed`, in rotation at once otherwise.
+    pub fn build(
+        upstreams: &[UpstreamEndpoints],
+        previous: &EndpointSet,
+        probed: bool,
+    ) -> EndpointSet {
         let mut endpoints = Vec::new();
         let mut without_endpoints = Vec::new();
         for (index, found) in upstreams.iter().enumerate() {
@@ -104,7 +211,7 @@ impl EndpointSet {
                 without_endpoints.push(found.upstream.clone());
             }
             for addr in addrs {
-                let fresh = Endpoint::new(index, found.upstream.clone(), addr);
+                let fresh = Endpoint::new(index, found.upstream.clone(), addr, probed);
                 let endpoint = previous.find(&fresh).unwrap_or_else(|| Arc::new(fresh));
                 endpoints.push(endpoint);
             }

@@ -27,8 +27,10 @@
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
+pub mod health;
 pub mod healthcheck;
 pub mod proxy;
+pub mod retry;
 pub mod selection;
 pub mod server;
 

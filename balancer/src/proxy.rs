@@ -8,16 +8,25 @@
 //! [`crate::server`]).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BodyStream, SizedStream};
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use log::warn;
+use smallvec::SmallVec;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, InFlight};
+use crate::health;
+use crate::retry::{self, Failure};
 use crate::selection::RoundRobin;
 
 /// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
@@ -35,6 +44,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Set on responses that took more than one try, to the number of tries.
+pub const X_RONDO_TRIES: HeaderName = HeaderName::from_static("x-rondo-tries");
 
 /// Why the balancer answered a request itself instead of relaying an endpoint's response.
 #[derive(Debug, thiserror::Error)]
@@ -43,50 +54,68 @@ pub enum ProxyError {
     #[error("no endpoint available: {} {} no endpoint (the name does not resolve yet, or to no address)", .upstreams.join(", "), if .upstreams.len() == 1 { "has" } else { "have" })]
     NoEndpoints { upstreams: Vec<Arc<str>> },
     /// The endpoint refused the connection, or it failed before the request was sent.
-    #[error("cannot connect to {endpoint} ({upstream}): {source}")]
+    #[error("cannot connect to {endpoint} ({upstream}): {source}{}", tries_note(*.tries))]
     Connect {
         endpoint: SocketAddr,
         upstream: String,
-        source: ConnectError,
+        tries: u32,
+        source: SendRequestError,
     },
     /// The endpoint did not accept the connection, or did not answer, in time.
-    #[error("{endpoint} ({upstream}) did not answer in time: {source}")]
+    #[error("{endpoint} ({upstream}) did not answer in time: {source}{}", tries_note(*.tries))]
     Timeout {
         endpoint: SocketAddr,
         upstream: String,
+        tries: u32,
         source: SendRequestError,
     },
     /// The exchange with the endpoint failed after the connection was made.
-    #[error("request to {endpoint} ({upstream}) failed: {source}")]
+    #[error("request to {endpoint} ({upstream}) failed: {source}{}", tries_note(*.tries))]
     Upstream {
         endpoint: SocketAddr,
         upstream: String,
+        tries: u32,
         source: SendRequestError,
     },
+    /// The client's request body could not be read.
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+}
+
+fn tries_note(tries: u32) -> String {
+    if tries > 1 {
+        format!(" (after {tries} tries)")
+    } else {
+        String::new()
+    }
 }
 
 impl ProxyError {
-    /// Classifies an awc failure on `endpoint`.
-    pub fn from_send(endpoint: &Endpoint, err: SendRequestError) -> ProxyError {
+    /// Classifies an awc failure on `endpoint`, the last of `tries` tries.
+    pub fn from_send(endpoint: &Endpoint, tries: u32, err: SendRequestError) -> ProxyError {
         let endpoint_addr = endpoint.addr();
         let upstream = endpoint.upstream().to_string();
-        match err {
-            SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
+        match (Failure::of(&err), &err) {
+            (Failure::ClientBody, _) => ProxyError::ClientBody(err.to_string()),
+            (_, SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout)) => {
                 ProxyError::Timeout {
                     endpoint: endpoint_addr,
                     upstream,
+                    tries,
                     source: err,
                 }
             }
-            SendRequestError::Connect(source) => ProxyError::Connect {
+            (Failure::Connect, _) => ProxyError::Connect {
                 endpoint: endpoint_addr,
                 upstream,
-                source,
+                tries,
+                source: err,
             },
-            source => ProxyError::Upstream {
+            _ => ProxyError::Upstream {
                 endpoint: endpoint_addr,
                 upstream,
-                source,
+                tries,
+                source: err,
             },
         }
     }
@@ -98,6 +127,7 @@ impl ResponseError for ProxyError {
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -108,64 +138,216 @@ impl ResponseError for ProxyError {
     }
 }
 
-/// Forwards one request to the next endpoint in turn and streams its response back.
+/// What the forwarding path needs besides the request: shared by all workers.
+#[derive(Debug)]
+pub struct Forwarding {
+    pub selector: Arc<RoundRobin>,
+    /// Tries per request, the first included.
+    pub tries: u32,
+    /// No new try starts later than this after the request arrived.
+    pub retry_timeout: Duration,
+    /// Bodies up to this size are held in memory so a retry can send them again.
+    pub retry_body_limit: u64,
+}
+
+/// A request body as it will be sent: held in memory (and so sendable again) or streamed.
+enum RequestBody {
+    None,
+    Held(Bytes),
+    Stream(
+        Option<Box<dyn Stream<Item = Result<Bytes, PayloadError>> + Unpin>>,
+        Option<u64>,
+    ),
+}
+
+impl RequestBody {
+    fn replayable(&self) -> bool {
+        !matches!(self, RequestBody::Stream(..))
+    }
+}
+
+/// Forwards one request to the next healthy endpoint in turn and streams its response back,
+/// trying other endpoints after failures where that is safe (see [`crate::retry`]).
 pub async fn forward(
     req: HttpRequest,
     payload: web::Payload,
-    selector: web::Data<Arc<RoundRobin>>,
+    forwarding: web::Data<Forwarding>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, ProxyError> {
-    let rotation = selector.load();
-    let Some(endpoint) = rotation.select() else {
-        let err = ProxyError::NoEndpoints {
-            upstreams: rotation.set().without_endpoints().to_vec(),
+    let arrived = Instant::now();
+    let mut body = read_body(payload, req.headers(), forwarding.retry_body_limit).await?;
+    let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
+    let mut last_error = None;
+    loop {
+        let Some(pick) = forwarding.selector.select(&tried) else {
+            // Every endpoint was tried: answer with the last failure.
+            let err = last_error.unwrap_or_else(|| ProxyError::NoEndpoints {
+                upstreams: forwarding
+                    .selector
+                    .load()
+                    .set()
+                    .without_endpoints()
+                    .to_vec(),
+            });
+            warn!(
+                "{} {}: {} {err}",
+                req.method(),
+                req.uri(),
+                err.status_code().as_u16()
+            );
+            return Err(err);
         };
-        warn!("{} {}: 503 {err}", req.method(), req.uri());
-        return Err(err);
-    };
+        let endpoint = pick.endpoint;
+        tried.push(endpoint.clone());
+        let in_flight = endpoint.start_request();
 
+        let sent = send(&client, &req, &endpoint, &mut body).await;
+        let res = match sent {
+            Ok(res) => {
+                if let Some(flip) = endpoint.report_success() {
+                    health::log_flip(&endpoint, "passive", &flip);
+                }
+                res
+            }
+            Err(err) => {
+                let failure = Failure::of(&err);
+                if failure.counts_against_endpoint() {
+                    let reason = err.to_string();
+                    if let Some(flip) =
+                        endpoint.report_failure(forwarding.selector.passive_policy(), &reason)
+                    {
+                        health::log_flip(&endpoint, "passive", &flip);
+                    }
+                }
+                let tries = tried.len() as u32;
+                let again = tries < forwarding.tries
+                    && arrived.elapsed() < forwarding.retry_timeout
+                    && retry::may_retry(req.method(), failure, body.replayable());
+                let err = ProxyError::from_send(&endpoint, tries, err);
+                if again {
+                    warn!(
+                        "{} {}: try {tries} failed, trying another endpoint: {err}",
+                        req.method(),
+                        req.uri()
+                    );
+                    last_error = Some(err);
+                    continue;
+                }
+                warn!(
+                    "{} {}: {} {err}",
+                    req.method(),
+                    req.uri(),
+                    err.status_code().as_u16()
+                );
+                return Err(err);
+            }
+        };
+        return Ok(relay(res, in_flight, tried.len()));
+    }
+}
+
+/// Reads the request body into memory when it is known to fit in `limit` (so a retry can
+/// send it again); otherwise streams it, chunked bodies after a first part held in memory.
+async fn read_body(
+    payload: web::Payload,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<RequestBody, ProxyError> {
+    let mut payload = payload.into_inner();
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let length = request_body_length(headers);
+    match length {
+        None if !chunked => return Ok(RequestBody::None),
+        Some(n) if n > limit => return Ok(RequestBody::Stream(Some(Box::new(payload)), Some(n))),
+        _ => {}
+    }
+    let mut held = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+        held.extend_from_slice(&chunk);
+        if held.len() as u64 > limit {
+            // A chunked body longer than the limit: send what was read, then the rest.
+            let first = futures_util::stream::iter([Ok(held.freeze())]);
+            return Ok(RequestBody::Stream(
+                Some(Box::new(first.chain(payload))),
+                None,
+            ));
+        }
+    }
+    Ok(RequestBody::Held(held.freeze()))
+}
+
+/// Sends one try of `req` to `endpoint`.
+async fn send(
+    client: &awc::Client,
+    req: &HttpRequest,
+    endpoint: &Endpoint,
+    body: &mut RequestBody,
+) -> Result<awc::ClientResponse, SendRequestError> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut upstream_req = client.request(
-        req.method().clone(),
-        format!("{}{path}", endpoint.base_url()),
-    );
-    // Without this awc would add `Accept-Encoding: identity` to requests that had none.
-    upstream_req = upstream_req.no_decompress();
+    let mut upstream_req = client
+        .request(
+            req.method().clone(),
+            format!("{}{path}", endpoint.base_url()),
+        )
+        // Without this awc would add `Accept-Encoding: identity` to requests that had none.
+        .no_decompress();
     let headers = upstream_req.headers_mut();
     copy_end_to_end(req.headers(), headers);
-    add_forwarded(&req, headers);
-
-    let sent = match request_body_length(req.headers()) {
-        Some(len) => upstream_req.send_body(SizedStream::new(len, payload)),
-        None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
-            upstream_req.send_body(BodyStream::new(payload))
+    add_forwarded(req, headers);
+    match body {
+        RequestBody::None => upstream_req.send().await,
+        RequestBody::Held(bytes) => upstream_req.send_body(bytes.clone()).await,
+        RequestBody::Stream(stream, length) => {
+            let stream = stream
+                .take()
+                .expect("a streamed body is sent once: never retried");
+            match *length {
+                Some(len) => upstream_req.send_body(SizedStream::new(len, stream)).await,
+                None => upstream_req.send_body(BodyStream::new(stream)).await,
+            }
         }
-        None => upstream_req.send(),
-    };
-    let res = sent.await.map_err(|e| {
-        let err = ProxyError::from_send(endpoint, e);
-        warn!(
-            "{} {}: {} {err}",
-            req.method(),
-            req.uri(),
-            err.status_code().as_u16()
-        );
-        err
-    })?;
+    }
+}
 
+/// Builds the client's response from the endpoint's: status and end-to-end headers, and the
+/// body streamed with the endpoint counted in flight until it ends.
+fn relay(res: awc::ClientResponse, in_flight: InFlight, tries: usize) -> HttpResponse {
     let mut response = HttpResponse::build(res.status());
     for (name, value) in res.headers().iter() {
         if !is_hop_by_hop(name, res.headers()) && *name != header::CONTENT_LENGTH {
             response.append_header((name.clone(), value.clone()));
         }
     }
-    Ok(match response_body_length(res.headers()) {
+    if tries > 1 {
+        response.insert_header((X_RONDO_TRIES, tries));
+    }
+    let length = response_body_length(res.headers());
+    let body = Counted {
+        inner: res,
+        _in_flight: in_flight,
+    };
+    match length {
         Some(len) => {
             response.no_chunking(len);
-            response.body(SizedStream::new(len, res))
+            response.body(SizedStream::new(len, body))
         }
-        None => response.body(BodyStream::new(res)),
-    })
+        None => response.body(BodyStream::new(body)),
+    }
+}
+
+/// A response body that keeps its endpoint counted in flight until it is done or dropped.
+struct Counted<S> {
+    inner: S,
+    _in_flight: InFlight,
+}
+
+impl<S: Stream + Unpin> Stream for Counted<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
 }
 
 /// The request's `Content-Length`, when it has exactly one valid one.
@@ -255,14 +437,18 @@ mod tests {
         ]);
         let mut to = HeaderMap::new();
         copy_end_to_end(&from, &mut to);
-        let names: Vec<_> = to
+        // Across names the map has no order; within one name it keeps the order received.
+        let mut names: Vec<_> = to
             .iter()
             .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
             .collect();
+        names.sort();
         assert_eq!(
             names,
-            vec!["set-cookie=a=1", "set-cookie=b=2", "host=example"]
+            vec!["host=example", "set-cookie=a=1", "set-cookie=b=2"]
         );
+        let cookies: Vec<_> = to.get_all(header::SET_COOKIE).collect();
+        assert_eq!(cookies, vec!["a=1", "b=2"]);
     }
 
     /// A request with two Content-Length headers has no length we trust.

@@ -8,13 +8,19 @@
 //! When discovery changes the set, the new rotation starts right after the endpoint served last,
 //! found by the set's order rather than by index, so a change makes no endpoint skip its turn and
 //! repeats at most one pick (a request that loaded the old rotation just before the swap).
+//!
+//! Endpoints that health checks have out of rotation are passed over, and so are the ones a
+//! request already tried. When no endpoint is healthy, every endpoint is tried in turn anyway
+//! (as nginx and Envoy do): a health check can be wrong, a 503 is sure to be.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use log::{info, warn};
 
 use crate::endpoint::{Endpoint, EndpointSet};
+use crate::health::{Admission, PassivePolicy};
 
 /// One endpoint set with the round-robin position into it.
 #[derive(Debug, Default)]
@@ -38,7 +44,7 @@ impl Rotation {
         &self.set
     }
 
-    /// The next endpoint in turn, or `None` when the set is empty (the caller answers 503).
+    /// The next endpoint in turn, health ignored, or `None` when the set is empty.
     pub fn select(&self) -> Option<&Arc<Endpoint>> {
         let endpoints = self.set.endpoints();
         if endpoints.is_empty() {
@@ -48,6 +54,36 @@ impl Rotation {
         let endpoint = &endpoints[n % endpoints.len()];
         endpoint.count_request();
         Some(endpoint)
+    }
+
+    /// The next endpoint in turn that health checks admit and `tried` does not hold; failing
+    /// that, the next one not tried whatever its health (`healthy` is then false); `None` when
+    /// every endpoint was tried or the set is empty.
+    pub fn select_healthy(&self, tried: &[Arc<Endpoint>], policy: &PassivePolicy) -> Option<Pick> {
+        let endpoints = self.set.endpoints();
+        let len = endpoints.len();
+        let untried = |e: &Arc<Endpoint>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+        for _ in 0..len {
+            let endpoint = &endpoints[self.next.fetch_add(1, Ordering::Relaxed) % len];
+            if untried(endpoint) && endpoint.admit(policy) != Admission::No {
+                endpoint.count_request();
+                return Some(Pick {
+                    endpoint: endpoint.clone(),
+                    healthy: true,
+                });
+            }
+        }
+        for _ in 0..len {
+            let endpoint = &endpoints[self.next.fetch_add(1, Ordering::Relaxed) % len];
+            if untried(endpoint) {
+                endpoint.count_request();
+                return Some(Pick {
+                    endpoint: endpoint.clone(),
+                    healthy: false,
+                });
+            }
+        }
+        None
     }
 
     /// The endpoint picked last, or `None` before the first pick.
@@ -61,16 +97,62 @@ impl Rotation {
     }
 }
 
+/// The endpoint chosen for one try of a request.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub endpoint: Arc<Endpoint>,
+    /// False when no untried endpoint was healthy and this one was taken anyway.
+    pub healthy: bool,
+}
+
 /// Round robin over an endpoint set that discovery replaces while requests run.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RoundRobin {
     current: ArcSwap<Rotation>,
+    passive: PassivePolicy,
+    /// Set while requests find no healthy endpoint, so entering and leaving that mode is
+    /// logged once each.
+    none_healthy: AtomicBool,
+}
+
+impl Default for RoundRobin {
+    fn default() -> Self {
+        Self::new(PassivePolicy::default())
+    }
 }
 
 impl RoundRobin {
-    /// A selector with no endpoints: every `select` returns `None` until the first `replace`.
-    pub fn new() -> Self {
-        Self::default()
+    /// A selector with no endpoints (every selection returns `None` until the first
+    /// `replace`), taking endpoints out after failures as `passive` says.
+    pub fn new(passive: PassivePolicy) -> Self {
+        RoundRobin {
+            current: ArcSwap::default(),
+            passive,
+            none_healthy: AtomicBool::new(false),
+        }
+    }
+
+    /// The passive health policy requests report failures against.
+    pub fn passive_policy(&self) -> &PassivePolicy {
+        &self.passive
+    }
+
+    /// Chooses the endpoint for one try: see [`Rotation::select_healthy`]. Logs once when
+    /// requests start finding no healthy endpoint, and once when they find one again.
+    pub fn select(&self, tried: &[Arc<Endpoint>]) -> Option<Pick> {
+        let pick = self.current.load().select_healthy(tried, &self.passive)?;
+        if tried.is_empty() {
+            let was = self.none_healthy.load(Ordering::Relaxed);
+            if was == pick.healthy {
+                self.none_healthy.store(!pick.healthy, Ordering::Relaxed);
+                if pick.healthy {
+                    info!("health: healthy endpoints again; back to normal rotation");
+                } else {
+                    warn!("health: no endpoint is healthy; trying every endpoint in turn anyway");
+                }
+            }
+        }
+        Some(pick)
     }
 
     /// The rotation in force now; cheap, lock-free, and stable for as long as it is held.
@@ -111,7 +193,13 @@ mod tests {
                 addrs: hosts.iter().map(|h| addr(*h)).collect(),
             })
             .collect();
-        EndpointSet::build(&found, previous)
+        EndpointSet::build(&found, previous, false)
+    }
+
+    fn healthy_picks(rr: &RoundRobin, n: usize) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|_| rr.select(&[]).expect("an endpoint").endpoint.addr())
+            .collect()
     }
 
     fn picks(rr: &RoundRobin, n: usize) -> Vec<SocketAddr> {
@@ -123,7 +211,7 @@ mod tests {
     /// An empty set selects nothing, so the caller can answer 503 (and nothing divides by zero).
     #[test]
     fn empty_set_selects_none() {
-        let rr = RoundRobin::new();
+        let rr = RoundRobin::default();
         assert!(rr.load().select().is_none());
         rr.replace(set_of(&[("a:80", &[])], &EndpointSet::default()));
         assert!(rr.load().select().is_none());
@@ -133,7 +221,7 @@ mod tests {
     /// Upstreams keep their configured order and addresses are sorted within each.
     #[test]
     fn order_is_upstreams_as_configured_then_sorted_addresses() {
-        let rr = RoundRobin::new();
+        let rr = RoundRobin::default();
         rr.replace(set_of(
             &[("b:80", &[9, 3]), ("a:80", &[2, 1])],
             &EndpointSet::default(),
@@ -147,7 +235,7 @@ mod tests {
     /// Picks from many threads at once still give every endpoint the same share.
     #[test]
     fn concurrent_picks_are_exactly_even() {
-        let rr = Arc::new(RoundRobin::new());
+        let rr = Arc::new(RoundRobin::default());
         rr.replace(set_of(&[("a:80", &[1, 2, 3])], &EndpointSet::default()));
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -168,7 +256,7 @@ mod tests {
     /// Adding endpoints mid-cycle continues after the last pick: the new ones join this cycle.
     #[test]
     fn growing_the_set_neither_skips_nor_repeats() {
-        let rr = RoundRobin::new();
+        let rr = RoundRobin::default();
         rr.replace(set_of(&[("a:80", &[1, 2, 3])], &EndpointSet::default()));
         assert_eq!(picks(&rr, 2), vec![addr(1), addr(2)]);
         let old = rr.load();
@@ -182,7 +270,7 @@ mod tests {
     /// Removing the endpoint that was picked last (and its successor) resumes at the next one left.
     #[test]
     fn shrinking_the_set_resumes_after_the_last_pick() {
-        let rr = RoundRobin::new();
+        let rr = RoundRobin::default();
         rr.replace(set_of(
             &[("a:80", &[1, 2, 3, 4, 5])],
             &EndpointSet::default(),
@@ -196,7 +284,7 @@ mod tests {
     /// After the last endpoint in order was served, a swap wraps to the start.
     #[test]
     fn swap_after_the_end_of_a_cycle_wraps() {
-        let rr = RoundRobin::new();
+        let rr = RoundRobin::default();
         rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
         assert_eq!(picks(&rr, 2), vec![addr(1), addr(2)]);
         let old = rr.load();
@@ -207,7 +295,7 @@ mod tests {
     /// An endpoint kept across a swap is the same object, so its counters carry over.
     #[test]
     fn swap_keeps_state_of_endpoints_present_in_both() {
-        let rr = RoundRobin::new();
+        let rr = RoundRobin::default();
         rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
         picks(&rr, 4);
         let old = rr.load();
@@ -218,6 +306,69 @@ mod tests {
         assert!(Arc::ptr_eq(kept, &old.set().endpoints()[1]));
         assert_eq!(kept.requests(), 2);
         assert_eq!(new.set().endpoints()[1].requests(), 0);
+    }
+
+    /// Endpoints out of rotation are passed over without disturbing the others' order.
+    #[test]
+    fn unhealthy_endpoints_are_passed_over() {
+        let rr = RoundRobin::new(PassivePolicy::default());
+        rr.replace(set_of(&[("a:80", &[1, 2, 3])], &EndpointSet::default()));
+        let second = rr.load().set().endpoints()[1].clone();
+        assert!(second
+            .report_failure(rr.passive_policy(), "refused")
+            .is_some());
+        assert_eq!(
+            healthy_picks(&rr, 4),
+            vec![addr(1), addr(3), addr(1), addr(3)]
+        );
+    }
+
+    /// A retry never gets an endpoint the request already tried; when all were, it gets none.
+    #[test]
+    fn retries_get_untried_endpoints_then_none() {
+        let rr = RoundRobin::new(PassivePolicy::default());
+        rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
+        let first = rr.select(&[]).unwrap().endpoint;
+        let second = rr.select(std::slice::from_ref(&first)).unwrap().endpoint;
+        assert_ne!(first.addr(), second.addr());
+        assert!(rr.select(&[first, second]).is_none());
+    }
+
+    /// With no endpoint healthy, every endpoint is still tried in turn (marked unhealthy).
+    #[test]
+    fn with_none_healthy_every_endpoint_is_tried_in_turn() {
+        let rr = RoundRobin::new(PassivePolicy::default());
+        rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
+        for e in rr.load().set().endpoints() {
+            e.report_failure(rr.passive_policy(), "refused");
+        }
+        let a = rr.select(&[]).unwrap();
+        assert!(!a.healthy);
+        let b = rr.select(std::slice::from_ref(&a.endpoint)).unwrap();
+        assert!(!b.healthy);
+        assert_ne!(a.endpoint.addr(), b.endpoint.addr());
+    }
+
+    /// A request in flight keeps its endpoint counted after the endpoint leaves the set, and
+    /// the count returns to zero when the request ends.
+    #[test]
+    fn in_flight_survives_removal_and_drops_back() {
+        let rr = RoundRobin::new(PassivePolicy::default());
+        rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
+        let pick = rr.select(&[]).unwrap().endpoint;
+        let guard = pick.start_request();
+        let old = rr.load();
+        rr.replace(set_of(&[("a:80", &[2])], old.set()));
+        assert_eq!(pick.in_flight(), 1);
+        assert!(rr
+            .load()
+            .set()
+            .endpoints()
+            .iter()
+            .all(|e| e.addr() != pick.addr()));
+        assert_eq!(healthy_picks(&rr, 2), vec![addr(2), addr(2)]);
+        drop(guard);
+        assert_eq!(pick.in_flight(), 0);
     }
 
     /// The same address under two upstreams is two endpoints, each in its upstream's place.

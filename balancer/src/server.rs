@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::discovery::{Discovery, Resolve};
-use crate::proxy;
+use crate::health;
+use crate::proxy::{self, Forwarding};
 use crate::selection::RoundRobin;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
@@ -27,6 +28,7 @@ pub struct Running {
     selector: Arc<RoundRobin>,
     stop_discovery: oneshot::Sender<()>,
     discovery: JoinHandle<()>,
+    stop_probes: Option<oneshot::Sender<()>>,
 }
 
 impl Running {
@@ -54,6 +56,9 @@ impl Running {
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)));
         let _ = self.stop_discovery.send(());
+        if let Some(stop) = self.stop_probes {
+            let _ = stop.send(());
+        }
         let _ = self.discovery.await;
         info!("stopped");
         result
@@ -72,21 +77,41 @@ pub async fn start<R: Resolve>(
     listener: TcpListener,
     resolver: R,
 ) -> io::Result<Running> {
-    let selector = Arc::new(RoundRobin::new());
-    let mut discovery = Discovery::new(config.upstreams.0.clone(), resolver, selector.clone());
+    let selector = Arc::new(RoundRobin::new(config.passive_policy()));
+    let mut discovery = Discovery::new(config.upstreams.0.clone(), resolver, selector.clone())
+        .probed(config.health_checks);
     discovery.tick().await;
     let (stop_discovery, stopped) = oneshot::channel();
     let discovery = tokio::spawn(discovery.run(config.discovery_interval, stopped));
 
-    let shared = web::Data::new(selector.clone());
+    let stop_probes = if config.health_checks {
+        let (stop, stopped) = oneshot::channel();
+        actix_web::rt::spawn(health::run_probes(
+            selector.clone(),
+            config.active_policy(),
+            stopped,
+        ));
+        await_first_probes(&selector, config.health_timeout).await;
+        Some(stop)
+    } else {
+        None
+    };
+
+    let forwarding = web::Data::new(Forwarding {
+        selector: selector.clone(),
+        tries: config.tries,
+        retry_timeout: config.retry_timeout,
+        retry_body_limit: config.retry_body_limit,
+    });
     let client_config = config.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(shared.clone())
+            .app_data(forwarding.clone())
             .app_data(web::Data::new(upstream_client(&client_config)))
             .default_service(web::to(proxy::forward))
     })
     .workers(config.worker_count())
+    .client_request_timeout(config.client_timeout)
     .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
     .listen(listener)?;
     let addrs = server.addrs();
@@ -111,7 +136,27 @@ pub async fn start<R: Resolve>(
         selector,
         stop_discovery,
         discovery,
+        stop_probes,
     })
+}
+
+/// Waits until every endpoint found at start has had its first probe answered, for at most
+/// the probe timeout and a little more, so the first requests already know who is healthy.
+async fn await_first_probes(selector: &RoundRobin, probe_timeout: std::time::Duration) {
+    let deadline =
+        tokio::time::Instant::now() + probe_timeout + std::time::Duration::from_millis(200);
+    while tokio::time::Instant::now() < deadline {
+        if selector
+            .load()
+            .set()
+            .endpoints()
+            .iter()
+            .all(|e| e.is_healthy())
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// The awc client of one worker: keep-alive pool to endpoints with no limit on connections

@@ -105,15 +105,22 @@ async fn replicas_join_and_leave_while_requests_run() {
     let client = client();
     let url = url_of(&lb, "/");
 
-    // Scale up to four: within 2 s every cycle of 4 covers all four replicas.
+    // Scale up to four: within 2 s (discovery, then a first good health probe) every cycle
+    // of 4 covers all four replicas.
     resolver.set("service", addrs.clone());
     let joined = Instant::now();
-    while lb.selector().load().set().len() != 4 {
-        get(&client, &url).await;
+    let mut recent: Vec<String> = Vec::new();
+    loop {
+        recent.push(get(&client, &url).await.1);
+        let last: std::collections::HashSet<_> = recent.iter().rev().take(4).collect();
+        if last.len() == 4 {
+            break;
+        }
         assert!(
             joined.elapsed() < Duration::from_secs(2),
-            "scale-up not seen within 2 s"
+            "scale-up not seen within 2 s: {recent:?}"
         );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
     let mut served = Vec::new();
     for _ in 0..12 {
