@@ -70,7 +70,7 @@ pub enum ProxyError {
         source: SendRequestError,
     },
     /// The exchange with the endpoint failed after the connection was made.
-    #[error("request to {endpoint} ({upstream}) failed: {source}{}", tries_note(*.tries))]
+    #[error("request to {endpoint} ({upstream}) failed: {}{}", describe(.source), tries_note(*.tries))]
     Upstream {
         endpoint: SocketAddr,
         upstream: String,
@@ -80,6 +80,17 @@ pub enum ProxyError {
     /// The client's request body could not be read.
     #[error("could not read the request body: {0}")]
     ClientBody(String),
+}
+
+/// awc's own words, except where they mislead: it reports a connection that closed before the
+/// response head as a failure "to connect".
+fn describe(err: &SendRequestError) -> String {
+    match err {
+        SendRequestError::Connect(ConnectError::Disconnected) => {
+            "the connection closed before a response came back".into()
+        }
+        other => other.to_string(),
+    }
 }
 
 fn tries_note(tries: u32) -> String {

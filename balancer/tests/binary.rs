@@ -73,3 +73,86 @@ fn healthcheck_tells_a_listener_from_none() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("nothing accepts connections"));
 }
+
+/// A request in flight when the balancer gets SIGTERM is answered in full, new connections are
+/// refused, and the process exits 0 within the shutdown timeout.
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    // A one-shot endpoint that answers after 700 ms (and any health probe at once).
+    let endpoint = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint_addr = endpoint.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in endpoint.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                if head.starts_with(b"GET /slow") {
+                    std::thread::sleep(Duration::from_millis(700));
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone",
+                );
+            });
+        }
+    });
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rondo"));
+    cmd.env("RONDO_LISTEN", &listen)
+        .env("RONDO_UPSTREAMS", &endpoint_addr)
+        .env("RONDO_WORKERS", "1")
+        .env("RONDO_SHUTDOWN_TIMEOUT", "5s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    let mut client = loop {
+        if let Ok(s) = TcpStream::connect(&listen) {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "rondo did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        TcpStream::connect(&listen).is_err(),
+        "new connections are still accepted"
+    );
+
+    let mut response = String::new();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("done"), "{response}");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

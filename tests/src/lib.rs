@@ -2,6 +2,11 @@
 //!
 //! Tests run inside `#[actix_web::test]`; every server started here stops when the test's
 //! runtime ends.
+//!
+//! - [`faulty`]: endpoints that refuse, reset, hang or die mid-response, and a backend whose
+//!   health a test switches.
+
+pub mod faulty;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

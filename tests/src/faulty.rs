@@ -1,0 +1,123 @@
+//! Endpoints that misbehave on purpose, for the fault tests on 127.0.0.1.
+//!
+//! Each runs on its own thread with plain sockets, so it fails exactly as told: refuse, reset
+//! after reading the request, hang, or die halfway through a response. [`Switchable`] is a real
+//! actix-web backend whose health answer a test turns on and off.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+
+/// How a [`Faulty`] endpoint treats each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Reads the request head, then closes the connection without answering.
+    ResetAfterRequest,
+    /// Accepts and reads, never answers, keeps the connection open.
+    Hang,
+    /// Answers a 1,000-byte `Content-Length` response, sends 10 bytes of it, then closes.
+    DieMidResponse,
+}
+
+/// A misbehaving endpoint; counts the connections it accepted.
+pub struct Faulty {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// An address on 127.0.0.1 where nothing listens (connections are refused).
+pub fn refusing_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts an endpoint on 127.0.0.1 that misbehaves as `fault` says, on every connection.
+pub fn start_faulty(fault: Fault) -> Faulty {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || misbehave(stream, fault));
+        }
+    });
+    Faulty { addr, connections }
+}
+
+fn misbehave(mut stream: TcpStream, fault: Fault) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    match fault {
+        Fault::ResetAfterRequest => drop(stream),
+        Fault::Hang => {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        Fault::DieMidResponse => {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
+            let _ = stream.flush();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A backend whose `/health` answers 200 or 503 as the test says, and `/` its name.
+pub struct Switchable {
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+    pub handle: ServerHandle,
+}
+
+/// Starts a [`Switchable`] backend named `name`, healthy or not at first.
+pub fn start_switchable(name: &'static str, healthy: bool) -> Switchable {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flag = Arc::new(AtomicBool::new(healthy));
+    let state = web::Data::new(flag.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route(
+                "/health",
+                web::get().to(|healthy: web::Data<Arc<AtomicBool>>| async move {
+                    if healthy.load(Ordering::SeqCst) {
+                        HttpResponse::Ok().body("ok")
+                    } else {
+                        HttpResponse::ServiceUnavailable().body("sick")
+                    }
+                }),
+            )
+            .default_service(web::to(move || async move {
+                HttpResponse::Ok()
+                    .insert_header(("x-served-by", name))
+                    .body(name)
+            }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Switchable {
+        addr,
+        healthy: flag,
+        handle,
+    }
+}
