@@ -200,13 +200,7 @@ pub async fn forward(
                     .without_endpoints()
                     .to_vec(),
             });
-            warn!(
-                "{} {}: {} {err}",
-                req.method(),
-                req.uri(),
-                err.status_code().as_u16()
-            );
-            return Err(err);
+            return Err(logged(&req, err));
         };
         let endpoint = pick.endpoint;
         tried.push(endpoint.clone());
@@ -244,17 +238,22 @@ pub async fn forward(
                     last_error = Some(err);
                     continue;
                 }
-                warn!(
-                    "{} {}: {} {err}",
-                    req.method(),
-                    req.uri(),
-                    err.status_code().as_u16()
-                );
-                return Err(err);
+                return Err(logged(&req, err));
             }
         };
         return Ok(relay(res, in_flight, tried.len()));
     }
+}
+
+/// Logs an answer the balancer makes itself, with the request, status and reason.
+fn logged(req: &HttpRequest, err: ProxyError) -> ProxyError {
+    warn!(
+        "{} {}: {} {err}",
+        req.method(),
+        req.uri(),
+        err.status_code().as_u16()
+    );
+    err
 }
 
 /// Reads the request body into memory when it is known to fit in `limit` (so a retry can

@@ -3,10 +3,15 @@
 //! Tests run inside `#[actix_web::test]`; every server started here stops when the test's
 //! runtime ends.
 //!
+//! - [`compose`]: compose projects of this repository (unique name, free port, torn down on drop)
+//!   and the collection of their containers' logs.
 //! - [`faulty`]: endpoints that refuse, reset, hang or die mid-response, and a backend whose
 //!   health a test switches.
+//! - [`load`]: a keep-alive HTTP/1.1 load generator for the fault suite (`tests/faults.rs`).
 
+pub mod compose;
 pub mod faulty;
+pub mod load;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

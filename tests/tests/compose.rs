@@ -7,99 +7,10 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// A compose project of this repository's `docker-compose.yml`, torn down on drop.
-struct Project {
-    name: String,
-    port: u16,
-    root: PathBuf,
-}
-
-impl Project {
-    fn new() -> Project {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Project {
-            name: format!("rondo-test-{}-{nanos}", std::process::id()),
-            port,
-            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
-        }
-    }
-
-    /// Runs `docker compose -p NAME ARGS…` in the repository root; panics with its output if
-    /// it fails.
-    fn compose(&self, args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .arg("compose")
-            .args(["-p", &self.name])
-            .args(args)
-            .current_dir(&self.root)
-            .env("RONDO_PORT", self.port.to_string())
-            .output()
-            .expect("run docker: this test needs Docker with Compose v2 (see README)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "docker compose {args:?} failed:\n{text}"
-        );
-        text
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let logs = Command::new("docker")
-                .args([
-                    "compose",
-                    "-p",
-                    &self.name,
-                    "logs",
-                    "--no-color",
-                    "--tail",
-                    "50",
-                ])
-                .current_dir(&self.root)
-                .output();
-            if let Ok(logs) = logs {
-                eprintln!(
-                    "--- logs of {} ---\n{}",
-                    self.name,
-                    String::from_utf8_lossy(&logs.stdout)
-                );
-            }
-        }
-        let _ = Command::new("docker")
-            .args([
-                "compose",
-                "-p",
-                &self.name,
-                "down",
-                "-v",
-                "--remove-orphans",
-                "-t",
-                "5",
-            ])
-            .current_dir(&self.root)
-            .env("RONDO_PORT", self.port.to_string())
-            .status();
-    }
-}
+use rondo_tests::compose::Project;
 
 /// One `GET /` on 127.0.0.1:port over a fresh connection: (status, X-Served-By, body).
 fn get(port: u16) -> (u16, String, String) {
