@@ -1,0 +1,371 @@
+//! Compose projects of this repository for tests: a unique project name, a free host port, and a
+//! guard that always tears the project down (`down -v --remove-orphans`), also when a test panics.
+//!
+//! Needs a Docker engine with Compose v2 and the images' base images (see `scripts/`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// A compose project of this repository's `docker-compose.yml` (plus any override files), torn
+/// down on drop.
+pub struct Project {
+    /// The project name (`-p`): unique per process and moment, so tests never share containers.
+    pub name: String,
+    /// The host port the balancer is published on (`RONDO_PORT`), free when the project was made.
+    pub port: u16,
+    /// The repository root, where the compose files live.
+    pub root: PathBuf,
+    /// Compose files (`-f`), relative to `root`; empty means Compose's default file.
+    files: Vec<String>,
+    /// Extra environment for every `docker compose` command (the compose file's `${…}`s).
+    env: Vec<(String, String)>,
+}
+
+impl Project {
+    /// A project named `rondo-test-<pid>-<nanos>` of `docker-compose.yml` on a free port.
+    pub fn new() -> Project {
+        Project::named("rondo-test")
+    }
+
+    /// A project named `<prefix>-<pid>-<nanos>` of `docker-compose.yml` on a free port.
+    pub fn named(prefix: &str) -> Project {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Project {
+            name: format!("{prefix}-{}-{nanos}", std::process::id()),
+            port,
+            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+            files: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Uses these compose files (`-f`, in order, relative to the repository root) instead of the
+    /// default one, e.g. `["docker-compose.yml", "docker-compose.nginx.yml"]`.
+    pub fn with_files(mut self, files: &[&str]) -> Project {
+        self.files = files.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
+    /// Sets `key=value` in the environment of every `docker compose` command of this project.
+    pub fn with_env(mut self, key: &str, value: &str) -> Project {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// `docker compose [-f …] -p NAME` in the repository root with the project's environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("compose");
+        for f in &self.files {
+            cmd.args(["-f", f]);
+        }
+        cmd.args(["-p", &self.name])
+            .current_dir(&self.root)
+            .env("RONDO_PORT", self.port.to_string());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `docker compose … ARGS…`; returns its stdout and stderr together, or the same as the
+    /// error when it exits non-zero.
+    pub fn try_compose(&self, args: &[&str]) -> Result<String, String> {
+        let out: Output = self
+            .command()
+            .args(args)
+            .output()
+            .expect("run docker: this test needs Docker with Compose v2 (see README)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// [`Project::try_compose`], but gives up after `limit`: the command is killed and an error
+    /// returned, so a hung Docker cannot hang a test.
+    pub fn try_compose_within(
+        &self,
+        args: &[&str],
+        limit: std::time::Duration,
+    ) -> Result<String, String> {
+        use std::io::Read;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run docker: this test needs Docker with Compose v2 (see README)");
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let text = format!(
+            "{}{}",
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default()
+        );
+        match status {
+            Some(s) if s.success() => Ok(text),
+            Some(_) => Err(text),
+            None => Err(format!("gave up after {limit:?}:\n{text}")),
+        }
+    }
+
+    /// Runs `docker compose … ARGS…`; panics with its output if it fails.
+    pub fn compose(&self, args: &[&str]) -> String {
+        match self.try_compose(args) {
+            Ok(text) => text,
+            Err(text) => panic!("docker compose {args:?} failed:\n{text}"),
+        }
+    }
+
+    /// IDs of the project's containers of `service` (running or not), in Compose's order.
+    pub fn container_ids(&self, service: &str) -> Vec<String> {
+        self.compose(&["ps", "-a", "-q", service])
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Default for Project {
+    fn default() -> Project {
+        Project::new()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(logs) = self
+                .command()
+                .args(["logs", "--no-color", "--tail", "50"])
+                .output()
+            {
+                eprintln!(
+                    "--- logs of {} ---\n{}",
+                    self.name,
+                    String::from_utf8_lossy(&logs.stdout)
+                );
+            }
+        }
+        let _ = self
+            .command()
+            .args(["down", "-v", "--remove-orphans", "-t", "5"])
+            .status();
+    }
+}
+
+/// The hostname of container `id` (what the backend puts in `X-Served-By`), if it exists.
+pub fn hostname_of(id: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.Config.Hostname}}", id])
+        .output()
+        .ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !name.is_empty()).then_some(name)
+}
+
+/// Collects the logs of every container of a compose project, also of containers that are
+/// removed before the end (a scale-down removes them, and their logs with them).
+///
+/// From [`LogCollector::start`] on it follows each container of the project (`docker logs -f`
+/// into a file) from when it is first seen (already there, or a `start` event) until it stops.
+/// [`LogCollector::finish`] then reads the whole log of each container that still exists, and
+/// the followed copy of each that is gone. Every process it starts is ended on `finish` or drop.
+pub struct LogCollector {
+    events: Option<std::process::Child>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    followers: std::sync::Arc<std::sync::Mutex<Followers>>,
+}
+
+struct Followers {
+    dir: PathBuf,
+    /// Container id (full) → the `docker logs -f` following it into `<dir>/<id>.log`.
+    by_id: std::collections::BTreeMap<String, std::process::Child>,
+}
+
+impl Followers {
+    /// Follows container `id`, unless a follower of it still runs. A new follower rewrites the
+    /// file from the start of the container's log, so a restarted container's file stays whole.
+    fn follow(&mut self, id: &str) {
+        if let Some(child) = self.by_id.get_mut(id) {
+            if matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            let _ = child.wait();
+        }
+        let path = self.dir.join(format!("{id}.log"));
+        let Ok(file) = std::fs::File::create(&path) else {
+            return;
+        };
+        let Ok(err) = file.try_clone() else { return };
+        if let Ok(child) = Command::new("docker")
+            .args(["logs", "-f", id])
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+        {
+            self.by_id.insert(id.to_string(), child);
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for child in self.by_id.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl LogCollector {
+    /// Starts following every container of compose project `project`, keeping copies in `dir`.
+    pub fn start(project: &str, dir: &std::path::Path) -> LogCollector {
+        use std::io::BufRead;
+        std::fs::create_dir_all(dir).expect("create the log directory");
+        let label = format!("label=com.docker.compose.project={project}");
+        let followers = std::sync::Arc::new(std::sync::Mutex::new(Followers {
+            dir: dir.to_path_buf(),
+            by_id: Default::default(),
+        }));
+        let mut events = Command::new("docker")
+            .args(["events", "--filter", "type=container", "--filter"])
+            .args([
+                "event=start",
+                "--filter",
+                &label,
+                "--format",
+                "{{.Actor.ID}}",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run docker events");
+        let stdout = events.stdout.take().unwrap();
+        let reader = {
+            let followers = std::sync::Arc::clone(&followers);
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let id = line.trim();
+                    if !id.is_empty() {
+                        followers.lock().unwrap().follow(id);
+                    }
+                }
+            })
+        };
+        // Give `docker events` a moment to subscribe, then take the containers already there.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let existing = Command::new("docker")
+            .args(["ps", "-a", "-q", "--no-trunc", "--filter", &label])
+            .output()
+            .expect("run docker ps");
+        for id in String::from_utf8_lossy(&existing.stdout).lines() {
+            let id = id.trim();
+            if !id.is_empty() {
+                followers.lock().unwrap().follow(id);
+            }
+        }
+        LogCollector {
+            events: Some(events),
+            reader: Some(reader),
+            followers,
+        }
+    }
+
+    /// Stops following and returns `(container id, log line)` for every container seen: the
+    /// whole log of each that still exists, the followed copy of each that is gone.
+    pub fn finish(mut self) -> Vec<(String, String)> {
+        self.stop_events();
+        let mut followers = self.followers.lock().unwrap();
+        let ids: Vec<String> = followers.by_id.keys().cloned().collect();
+        let mut lines = Vec::new();
+        for id in ids {
+            let full = Command::new("docker").args(["logs", &id]).output();
+            let text = match full {
+                Ok(out) if out.status.success() => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                _ => {
+                    // Gone: let its follower write what it has, then read the copy.
+                    if let Some(child) = followers.by_id.get_mut(&id) {
+                        let deadline =
+                            std::time::Instant::now() + std::time::Duration::from_secs(2);
+                        while matches!(child.try_wait(), Ok(None))
+                            && std::time::Instant::now() < deadline
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                    }
+                    std::fs::read_to_string(followers.dir.join(format!("{id}.log")))
+                        .unwrap_or_default()
+                }
+            };
+            lines.extend(text.lines().map(|l| (id.clone(), l.to_string())));
+        }
+        followers.stop_all();
+        lines
+    }
+
+    fn stop_events(&mut self) {
+        if let Some(mut events) = self.events.take() {
+            let _ = events.kill();
+            let _ = events.wait();
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for LogCollector {
+    fn drop(&mut self) {
+        self.stop_events();
+        if let Ok(mut followers) = self.followers.lock() {
+            followers.stop_all();
+        }
+    }
+}
