@@ -208,64 +208,148 @@ pub fn hostname_of(id: &str) -> Option<String> {
 /// Collects the logs of every container of a compose project, also of containers that are
 /// removed before the end (a scale-down removes them, and their logs with them).
 ///
-/// From [`LogCollector::start`] on it follows each container of the project (`docker logs -f`
-/// into a file) from when it is first seen (already there, or a `start` event) until it stops.
-/// [`LogCollector::finish`] then reads the whole log of each container that still exists, and
-/// the followed copy of each that is gone. Every process it starts is ended on `finish` or drop.
+/// From [`LogCollector::start`] on it keeps a copy of each container of the project within
+/// reach from when it is first seen (already there, or a `start` event): an open handle on its
+/// log file (Docker's `json-file` driver, readable when the engine runs on this machine and the
+/// test as root), which outlives the container's removal and costs the engine nothing; where
+/// that file cannot be opened, a `docker logs -f` into a file. [`LogCollector::finish`] then
+/// reads the log of each container that still exists from Docker (which also reads rotated
+/// files), and the kept copy of each that is gone. Only lines from about when the collector
+/// started on are returned. Every process it starts is ended on `finish` or drop.
 pub struct LogCollector {
     events: Option<std::process::Child>,
     reader: Option<std::thread::JoinHandle<()>>,
-    followers: std::sync::Arc<std::sync::Mutex<Followers>>,
+    copies: std::sync::Arc<std::sync::Mutex<Copies>>,
 }
 
-struct Followers {
+/// How the log of one container is kept within reach.
+enum Copy {
+    /// Its `json-file` log, open, and where this collector's part of it starts.
+    File { file: std::fs::File, from: u64 },
+    /// A `docker logs -f --since` writing into `path`.
+    Follower {
+        child: std::process::Child,
+        path: PathBuf,
+    },
+}
+
+struct Copies {
     dir: PathBuf,
-    /// Container id (full) → the `docker logs -f` following it into `<dir>/<id>.log`.
-    by_id: std::collections::BTreeMap<String, std::process::Child>,
+    /// `docker logs --since`: a few seconds before the collector started (Unix seconds).
+    since: String,
+    /// Container id (full) → its copy.
+    by_id: std::collections::BTreeMap<String, Copy>,
 }
 
-impl Followers {
-    /// Follows container `id`, unless a follower of it still runs. A new follower rewrites the
-    /// file from the start of the container's log, so a restarted container's file stays whole.
-    fn follow(&mut self, id: &str) {
-        if let Some(child) = self.by_id.get_mut(id) {
-            if matches!(child.try_wait(), Ok(None)) {
+impl Copies {
+    /// Keeps container `id`'s log within reach, from its start when `from_start` (a container
+    /// that just started), else from now. A container already kept is left alone, except that
+    /// a follower that ended (its container stopped) is started again after a restart.
+    fn keep(&mut self, id: &str, from_start: bool) {
+        if let Some(copy) = self.by_id.get_mut(id) {
+            let ended = match copy {
+                Copy::Follower { child, .. } => !matches!(child.try_wait(), Ok(None)),
+                Copy::File { .. } => false,
+            };
+            if !ended {
                 return;
             }
-            let _ = child.wait();
         }
-        let path = self.dir.join(format!("{id}.log"));
+        if let Some(copy) = open_log_file(id, from_start) {
+            self.by_id.insert(id.to_string(), copy);
+            return;
+        }
+        let path = self.dir.join(format!("{id}.follow.log"));
         let Ok(file) = std::fs::File::create(&path) else {
             return;
         };
         let Ok(err) = file.try_clone() else { return };
         if let Ok(child) = Command::new("docker")
-            .args(["logs", "-f", id])
+            .args(["logs", "-f", "--since", &self.since, id])
             .stdin(std::process::Stdio::null())
             .stdout(file)
             .stderr(err)
             .spawn()
         {
-            self.by_id.insert(id.to_string(), child);
+            self.by_id
+                .insert(id.to_string(), Copy::Follower { child, path });
+        }
+    }
+
+    /// The kept copy of container `id`'s log, as lines.
+    fn read_copy(&mut self, id: &str) -> String {
+        use std::io::{Read, Seek};
+        match self.by_id.get_mut(id) {
+            Some(Copy::File { file, from }) => {
+                let mut raw = String::new();
+                if file.seek(std::io::SeekFrom::Start(*from)).is_err()
+                    || file.read_to_string(&mut raw).is_err()
+                {
+                    return String::new();
+                }
+                // json-file: one JSON object per line, the text in "log".
+                raw.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|v| v.get("log")?.as_str().map(str::to_string))
+                    .collect()
+            }
+            Some(Copy::Follower { child, path }) => {
+                // Gone: let the follower write what it has, then read its file.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                std::fs::read_to_string(path).unwrap_or_default()
+            }
+            None => String::new(),
         }
     }
 
     fn stop_all(&mut self) {
-        for child in self.by_id.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for copy in self.by_id.values_mut() {
+            if let Copy::Follower { child, .. } = copy {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }
 
+/// Opens container `id`'s `json-file` log, positioned at its start or its current end.
+fn open_log_file(id: &str, from_start: bool) -> Option<Copy> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.LogPath}}", id])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || path.is_empty() {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let from = if from_start {
+        0
+    } else {
+        file.metadata().ok()?.len()
+    };
+    Some(Copy::File { file, from })
+}
+
 impl LogCollector {
-    /// Starts following every container of compose project `project`, keeping copies in `dir`.
+    /// Starts keeping the logs of every container of compose project `project`; `dir` holds
+    /// working files and, after [`LogCollector::finish`], each container's collected lines.
     pub fn start(project: &str, dir: &std::path::Path) -> LogCollector {
         use std::io::BufRead;
         std::fs::create_dir_all(dir).expect("create the log directory");
         let label = format!("label=com.docker.compose.project={project}");
-        let followers = std::sync::Arc::new(std::sync::Mutex::new(Followers {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .saturating_sub(5)
+            .to_string();
+        let copies = std::sync::Arc::new(std::sync::Mutex::new(Copies {
             dir: dir.to_path_buf(),
+            since,
             by_id: Default::default(),
         }));
         let mut events = Command::new("docker")
@@ -284,13 +368,13 @@ impl LogCollector {
             .expect("run docker events");
         let stdout = events.stdout.take().unwrap();
         let reader = {
-            let followers = std::sync::Arc::clone(&followers);
+            let copies = std::sync::Arc::clone(&copies);
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     let id = line.trim();
                     if !id.is_empty() {
-                        followers.lock().unwrap().follow(id);
+                        copies.lock().unwrap().keep(id, true);
                     }
                 }
             })
@@ -304,49 +388,39 @@ impl LogCollector {
         for id in String::from_utf8_lossy(&existing.stdout).lines() {
             let id = id.trim();
             if !id.is_empty() {
-                followers.lock().unwrap().follow(id);
+                copies.lock().unwrap().keep(id, false);
             }
         }
         LogCollector {
             events: Some(events),
             reader: Some(reader),
-            followers,
+            copies,
         }
     }
 
-    /// Stops following and returns `(container id, log line)` for every container seen: the
-    /// whole log of each that still exists, the followed copy of each that is gone.
+    /// Stops collecting and returns `(container id, log line)` for every container seen: from
+    /// Docker for each that still exists, from the kept copy for each that is gone.
     pub fn finish(mut self) -> Vec<(String, String)> {
         self.stop_events();
-        let mut followers = self.followers.lock().unwrap();
-        let ids: Vec<String> = followers.by_id.keys().cloned().collect();
+        let mut copies = self.copies.lock().unwrap();
+        let ids: Vec<String> = copies.by_id.keys().cloned().collect();
         let mut lines = Vec::new();
         for id in ids {
-            let full = Command::new("docker").args(["logs", &id]).output();
-            let text = match full {
+            let now = Command::new("docker")
+                .args(["logs", "--since", &copies.since, &id])
+                .output();
+            let text = match now {
                 Ok(out) if out.status.success() => format!(
                     "{}{}",
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 ),
-                _ => {
-                    // Gone: let its follower write what it has, then read the copy.
-                    if let Some(child) = followers.by_id.get_mut(&id) {
-                        let deadline =
-                            std::time::Instant::now() + std::time::Duration::from_secs(2);
-                        while matches!(child.try_wait(), Ok(None))
-                            && std::time::Instant::now() < deadline
-                        {
-                            std::thread::sleep(std::time::Duration::from_millis(20));
-                        }
-                    }
-                    std::fs::read_to_string(followers.dir.join(format!("{id}.log")))
-                        .unwrap_or_default()
-                }
+                _ => copies.read_copy(&id),
             };
+            let _ = std::fs::write(copies.dir.join(format!("{id}.log")), &text);
             lines.extend(text.lines().map(|l| (id.clone(), l.to_string())));
         }
-        followers.stop_all();
+        copies.stop_all();
         lines
     }
 
@@ -364,8 +438,8 @@ impl LogCollector {
 impl Drop for LogCollector {
     fn drop(&mut self) {
         self.stop_events();
-        if let Ok(mut followers) = self.followers.lock() {
-            followers.stop_all();
+        if let Ok(mut copies) = self.copies.lock() {
+            copies.stop_all();
         }
     }
 }

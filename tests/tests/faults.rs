@@ -610,6 +610,7 @@ fn run_scenario(
         give_up_after: secs(total as f64 / settings.rate) * 3 + Duration::from_secs(30),
     };
     let logs_dir = report_dir().join("logs").join(label.replace(' ', "-"));
+    let _ = std::fs::remove_dir_all(&logs_dir);
     let collector = post.then(|| LogCollector::start(&deployment.project.name, &logs_dir));
 
     let start = Instant::now() + Duration::from_millis(100);
