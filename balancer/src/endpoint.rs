@@ -112,6 +112,11 @@ impl Endpoint {
             .store(passive.is_dirty(), AtomicOrdering::Relaxed);
     }
 
+    /// The active check's verdict (`Unknown` until the first good probe).
+    pub fn active_verdict(&self) -> crate::health::Verdict {
+        lock(&self.active).verdict()
+    }
+
     /// Records one active probe result.
     pub fn observe_probe(&self, result: Result<(), String>, policy: &ActivePolicy) -> Option<Flip> {
         let mut active = lock(&self.active);

