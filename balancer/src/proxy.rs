@@ -304,6 +304,9 @@ async fn send(
         .no_decompress();
     let headers = upstream_req.headers_mut();
     copy_end_to_end(req.headers(), headers);
+    // The balancer answers `Expect: 100-continue` itself (actix-web does when the body is
+    // first read), as nginx does; passing it on would cost the endpoint a round trip more.
+    headers.remove(header::EXPECT);
     add_forwarded(req, headers);
     match body {
         RequestBody::None => upstream_req.send().await,

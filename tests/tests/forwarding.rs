@@ -305,6 +305,29 @@ async fn request_arrives_unchanged_but_for_forwarding_headers() {
     );
 }
 
+/// `Expect: 100-continue` is answered by the balancer (100, then the response) and not passed
+/// on to the endpoint.
+#[actix_web::test]
+async fn expect_continue_is_answered_by_the_balancer() {
+    let b = start_backend("echo", "b");
+    let lb = start_balancer(&config_for(&[upstream(b.addr)]), DnsResolver).await;
+    let response = raw_exchange(
+        lb.addrs()[0],
+        "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\
+         Connection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(
+        response.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+        "{response}"
+    );
+    assert!(response.contains("\"body_length\":5"), "{response}");
+    assert!(
+        !response.contains("\"expect\""),
+        "Expect reached the endpoint: {response}"
+    );
+}
+
 /// Writes `request` to `addr`, reads until the server closes, and returns what came back.
 async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
