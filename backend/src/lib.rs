@@ -12,6 +12,7 @@
 //! - `GET /bytes/{n}`: `n` bytes of a fixed pattern ([`pattern_byte`]), streamed. A test aid.
 //! - Every request is logged with its `X-Test-Id` header (`test_id=-` when absent), so a fault
 //!   test can count which backend received which request.
+//! - `/status/{code}` (any method): answers that status with no body. A test aid.
 //! - `GET /delay/{ms}`: waits `ms` milliseconds (at most a minute), then answers `$MESSAGE`.
 //!   A test aid.
 
@@ -71,6 +72,7 @@ pub fn start(listener: TcpListener, settings: Settings) -> io::Result<Server> {
             .route("/echo", web::to(echo))
             .route("/bytes/{n}", web::get().to(bytes))
             .route("/delay/{ms}", web::get().to(delay))
+            .route("/status/{code}", web::to(status))
     })
     // Longer than any sane proxy's idle timeout, so the proxy closes idle connections first.
     .keep_alive(Duration::from_secs(75))
@@ -135,6 +137,13 @@ async fn bytes(n: web::Path<u64>) -> HttpResponse {
         .content_type("application/octet-stream")
         .no_chunking(n)
         .streaming(chunks)
+}
+
+async fn status(code: web::Path<u16>) -> HttpResponse {
+    match actix_web::http::StatusCode::from_u16(code.into_inner()) {
+        Ok(code) if code.as_u16() >= 200 => HttpResponse::build(code).finish(),
+        _ => HttpResponse::BadRequest().body("expected a status code from 200 to 999\n"),
+    }
 }
 
 async fn delay(ms: web::Path<u64>, message: web::Data<String>) -> HttpResponse {

@@ -82,8 +82,9 @@ pub struct Config {
     #[arg(long, env = "RONDO_TRIES", default_value = "3", value_parser = parse_tries, value_name = "N")]
     pub tries: u32,
 
-    /// No new try starts later than this after the request arrived.
-    #[arg(long, env = "RONDO_RETRY_TIMEOUT", default_value = "15s", value_parser = parse_timeout, value_name = "DURATION")]
+    /// No new try starts later than this after the request arrived; 0 means no limit beyond
+    /// RONDO_TRIES (like nginx's proxy_next_upstream_timeout).
+    #[arg(long, env = "RONDO_RETRY_TIMEOUT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub retry_timeout: Duration,
 
     /// Request bodies up to this size are held in memory so that a retry can send them again;
@@ -319,9 +320,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| "expected a size such as 65536, 64KiB or 1MiB".to_string())
 }
 
+/// Durations: humantime's forms, at most a day (longer ones would overflow deadlines).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|_| "expected a duration such as 500ms, 1s, 1m30s".to_string())
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|_| "expected a duration such as 500ms, 1s, 1m30s".to_string())?;
+    if d > Duration::from_secs(24 * 3600) {
+        return Err("expected at most 24h".to_string());
+    }
+    Ok(d)
 }
 
 fn parse_at_least(s: &str, min: Duration) -> Result<Duration, String> {
@@ -494,6 +500,7 @@ mod tests {
             ("--health-checks", "maybe", "on or off"),
             ("--retry-body-limit", "lots", "64KiB"),
             ("--health-rise", "0", "from 1 to 100"),
+            ("--fail-timeout", "300000years", "at most 24h"),
         ] {
             let msg = parse(&["--upstreams", "a:1", flag, value]).unwrap_err();
             assert!(msg.contains(expect), "{flag} {value}: {msg}");

@@ -80,6 +80,9 @@ pub enum ProxyError {
     /// The client's request body could not be read.
     #[error("could not read the request body: {0}")]
     ClientBody(String),
+    /// The request cannot be forwarded in the form it came in.
+    #[error("cannot forward this request: {0}")]
+    Unforwardable(String),
 }
 
 /// awc's own words, except where they mislead: it reports a connection that closed before the
@@ -108,6 +111,7 @@ impl ProxyError {
         let upstream = endpoint.upstream().to_string();
         match (Failure::of(&err), &err) {
             (Failure::ClientBody, _) => ProxyError::ClientBody(err.to_string()),
+            (Failure::Local, _) => ProxyError::Unforwardable(err.to_string()),
             (_, SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout)) => {
                 ProxyError::Timeout {
                     endpoint: endpoint_addr,
@@ -138,7 +142,7 @@ impl ResponseError for ProxyError {
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(_) | ProxyError::Unforwardable(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -155,7 +159,7 @@ pub struct Forwarding {
     pub selector: Arc<RoundRobin>,
     /// Tries per request, the first included.
     pub tries: u32,
-    /// No new try starts later than this after the request arrived.
+    /// No new try starts later than this after the request arrived; zero means no limit.
     pub retry_timeout: Duration,
     /// Bodies up to this size are held in memory so a retry can send them again.
     pub retry_body_limit: u64,
@@ -186,6 +190,13 @@ pub async fn forward(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, ProxyError> {
     let arrived = Instant::now();
+    if !req.uri().path().starts_with('/') {
+        // `OPTIONS *` (asterisk form) and the like: there is no path to send to an endpoint.
+        return Err(logged(
+            &req,
+            ProxyError::Unforwardable(format!("the request target '{}' is not a path", req.uri())),
+        ));
+    }
     let mut body = read_body(payload, req.headers(), forwarding.retry_body_limit).await?;
     let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
     let mut last_error = None;
@@ -226,7 +237,8 @@ pub async fn forward(
                 }
                 let tries = tried.len() as u32;
                 let again = tries < forwarding.tries
-                    && arrived.elapsed() < forwarding.retry_timeout
+                    && (forwarding.retry_timeout.is_zero()
+                        || arrived.elapsed() < forwarding.retry_timeout)
                     && retry::may_retry(req.method(), failure, body.replayable());
                 let err = ProxyError::from_send(&endpoint, tries, err);
                 if again {
@@ -334,6 +346,15 @@ fn relay(res: awc::ClientResponse, in_flight: InFlight, tries: usize) -> HttpRes
     }
     if tries > 1 {
         response.insert_header((X_RONDO_TRIES, tries));
+    }
+    let status = res.status();
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        // These never have a body (RFC 9112 §6.3); a streamed one would make actix frame one.
+        drop(in_flight);
+        return response.body(());
     }
     let length = response_body_length(res.headers());
     let body = Counted {

@@ -23,6 +23,9 @@ pub enum Failure {
     Timeout,
     /// The client's own request body failed to arrive: not the endpoint's fault, never retried.
     ClientBody,
+    /// The request could not be sent in the form received (for example the `*` target of
+    /// `OPTIONS *`): nothing reached the endpoint, and no other endpoint would fare better.
+    Local,
 }
 
 impl Failure {
@@ -35,13 +38,14 @@ impl Failure {
             SendRequestError::Connect(_) => Failure::Connect,
             SendRequestError::Timeout => Failure::Timeout,
             SendRequestError::Body(_) => Failure::ClientBody,
+            SendRequestError::Url(_) | SendRequestError::Http(_) => Failure::Local,
             _ => Failure::Reset,
         }
     }
 
     /// Whether this failure says something about the endpoint's health.
     pub fn counts_against_endpoint(self) -> bool {
-        self != Failure::ClientBody
+        !matches!(self, Failure::ClientBody | Failure::Local)
     }
 }
 
@@ -60,7 +64,7 @@ pub fn may_retry(method: &Method, failure: Failure, body_replayable: bool) -> bo
         return false;
     }
     match failure {
-        Failure::ClientBody => false,
+        Failure::ClientBody | Failure::Local => false,
         Failure::Connect => true,
         Failure::Reset | Failure::Timeout => is_idempotent(method),
     }
@@ -114,6 +118,16 @@ mod tests {
         assert!(!may_retry(&Method::GET, Failure::ClientBody, true));
         assert!(!Failure::ClientBody.counts_against_endpoint());
         assert!(Failure::Timeout.counts_against_endpoint());
+    }
+
+    /// A request awc cannot send as received is the request's fault: never retried, never
+    /// held against the endpoint.
+    #[test]
+    fn local_failures_are_not_the_endpoints() {
+        let bad = SendRequestError::Url(awc::error::InvalidUrl::MissingScheme);
+        assert_eq!(Failure::of(&bad), Failure::Local);
+        assert!(!Failure::Local.counts_against_endpoint());
+        assert!(!may_retry(&Method::OPTIONS, Failure::Local, true));
     }
 
     /// awc's EOF-before-response (Connect(Disconnected)) is a reset, not a connect failure.

@@ -112,7 +112,8 @@ pub async fn start<R: Resolve>(
     })
     .workers(config.worker_count())
     .client_request_timeout(config.client_timeout)
-    .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
+    // actix counts whole seconds: round up, so 500ms still lets requests finish.
+    .shutdown_timeout((config.shutdown_timeout.as_secs_f64().ceil() as u64).max(1))
     .listen(listener)?;
     let addrs = server.addrs();
     let server = server.run();

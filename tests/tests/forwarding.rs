@@ -328,6 +328,33 @@ async fn expect_continue_is_answered_by_the_balancer() {
     );
 }
 
+/// 204 and 304 answers carry no body and leave the client's kept-alive connection usable, and
+/// `OPTIONS *` (a target that cannot be forwarded) gets 400 without taking the endpoint out.
+#[actix_web::test]
+async fn bodiless_statuses_and_unforwardable_targets() {
+    let b = start_backend("Server 1", "b1");
+    let lb = start_balancer(&config_for(&[upstream(b.addr)]), DnsResolver).await;
+    let response = raw_exchange(
+        lb.addrs()[0],
+        "DELETE /status/204 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /status/304 HTTP/1.1\r\nHost: x\r\n\r\n\
+         OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<&str> = response
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &response[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, vec!["204", "304", "400", "200"], "{response}");
+    assert!(response.ends_with("Server 1"), "{response}");
+    assert!(
+        !response.contains("\r\n0\r\n"),
+        "a chunk after a bodiless status: {response}"
+    );
+    assert!(lb.selector().load().set().endpoints()[0].is_healthy());
+}
+
 /// Writes `request` to `addr`, reads until the server closes, and returns what came back.
 async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
