@@ -17,7 +17,7 @@ use actix_web::body::{BodyStream, SizedStream};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -337,37 +337,33 @@ async fn send(
 
 /// Builds the client's response from the endpoint's: status and end-to-end headers, and the
 /// body streamed with the endpoint counted in flight until it ends.
-fn relay(res: awc::ClientResponse, in_flight: InFlight, tries: usize) -> HttpResponse {
-    let mut response = HttpResponse::build(res.status());
-    for (name, value) in res.headers().iter() {
-        if !is_hop_by_hop(name, res.headers()) && *name != header::CONTENT_LENGTH {
-            response.append_header((name.clone(), value.clone()));
-        }
-    }
-    if tries > 1 {
-        response.insert_header((X_RONDO_TRIES, tries));
-    }
+fn relay(mut res: awc::ClientResponse, in_flight: InFlight, tries: usize) -> HttpResponse {
     let status = res.status();
-    if status.is_informational()
+    let mut response = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         // These never have a body (RFC 9112 §6.3); a streamed one would make actix frame one.
         drop(in_flight);
-        return response.body(());
-    }
-    let length = response_body_length(res.headers());
-    let body = Counted {
-        inner: res,
-        _in_flight: in_flight,
-    };
-    match length {
-        Some(len) => {
-            response.no_chunking(len);
-            response.body(SizedStream::new(len, body))
+        HttpResponse::new(status)
+    } else {
+        let body = Counted {
+            inner: res.take_payload(),
+            _in_flight: in_flight,
+        };
+        match response_body_length(res.headers()) {
+            Some(len) => {
+                HttpResponse::with_body(status, SizedStream::new(len, body)).map_into_boxed_body()
+            }
+            None => HttpResponse::with_body(status, BodyStream::new(body)).map_into_boxed_body(),
         }
-        None => response.body(BodyStream::new(body)),
+    };
+    let headers = response.headers_mut();
+    copy_end_to_end(res.headers(), headers);
+    if tries > 1 {
+        headers.insert(X_RONDO_TRIES, HeaderValue::from(tries));
     }
+    response
 }
 
 /// A response body that keeps its endpoint counted in flight until it is done or dropped.
@@ -402,22 +398,23 @@ fn response_body_length(headers: &HeaderMap) -> Option<u64> {
     request_body_length(headers)
 }
 
-/// Whether `name` describes the connection rather than the message, including every header
-/// that this message's `Connection` header names.
-pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    HOP_BY_HOP.contains(name)
-        || headers
-            .get_all(header::CONNECTION)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| name.as_str().eq_ignore_ascii_case(token.trim()))
-}
-
-/// Copies every end-to-end header of `from` into `to`: hop-by-hop headers and the framing
+/// Copies every end-to-end header of `from` into `to`, in order: hop-by-hop headers (the
+/// fixed list and every header the message's `Connection` header names) and the framing
 /// (`Content-Length`, set again from the body) stay behind.
 pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    // Read `Connection` once per message, not once per header.
+    let named: SmallVec<[&str; 4]> = from
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
     for (name, value) in from.iter() {
-        if !is_hop_by_hop(name, from) && *name != header::CONTENT_LENGTH {
+        let hop_by_hop = HOP_BY_HOP.contains(name)
+            || *name == header::CONTENT_LENGTH
+            || named.iter().any(|t| name.as_str().eq_ignore_ascii_case(t));
+        if !hop_by_hop {
             to.append(name.clone(), value.clone());
         }
     }

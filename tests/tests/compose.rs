@@ -84,6 +84,18 @@ fn assert_cycles(port: u16, window: usize, n: usize) -> HashSet<String> {
     answers.into_iter().map(|a| a.1).collect()
 }
 
+/// `docker compose up -d --scale server2=N`, leaving the other services as they are.
+fn scale_server2(project: &Project, replicas: u32) {
+    project.compose(&[
+        "up",
+        "-d",
+        "--no-build",
+        "--no-recreate",
+        "--scale",
+        &format!("server2={replicas}"),
+    ]);
+}
+
 /// `docker compose up`: 30 requests show Server 1, 2, 3 in order; `--scale server2=3` brings
 /// 5 replicas into each cycle within 2 s; scaling back to 1 leaves 3.
 #[test]
@@ -97,27 +109,13 @@ fn compose_deployment_round_robins_and_follows_scaling() {
     let expected: Vec<String> = (0..30).map(|i| format!("Server {}", i % 3 + 1)).collect();
     assert_eq!(bodies, expected, "30 requests to the published port");
 
-    project.compose(&[
-        "up",
-        "-d",
-        "--no-build",
-        "--no-recreate",
-        "--scale",
-        "server2=3",
-    ]);
+    scale_server2(&project, 3);
     let took = until_cycle_of(port, 5, Duration::from_secs(2));
     eprintln!("scale-up to 5 replicas seen after {took:?}");
     let replicas = assert_cycles(port, 5, 25);
     assert_eq!(replicas.len(), 5, "{replicas:?}");
 
-    project.compose(&[
-        "up",
-        "-d",
-        "--no-build",
-        "--no-recreate",
-        "--scale",
-        "server2=1",
-    ]);
+    scale_server2(&project, 1);
     // The removed replicas are gone from Docker's DNS once `up` returns; rondo sees that on its
     // next discovery tick. A request sent to one of them meanwhile is retried on another
     // endpoint, so every answer is a 200.
