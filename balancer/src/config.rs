@@ -5,12 +5,13 @@
 //! the value and what is expected, and the binary exits with code 2.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};
+use ipnet::IpNet;
 
 /// `rondo healthcheck`: exit 0 when the balancer's listener accepts a connection on
 /// 127.0.0.1, 1 otherwise (for Docker's HEALTHCHECK in images without a shell).
@@ -128,6 +129,40 @@ pub struct Config {
     #[arg(long, env = "RONDO_HEALTH_FALL", default_value = "3", value_parser = parse_count, value_name = "N")]
     pub health_fall: u32,
 
+    /// Largest request body accepted; a longer one gets 413. 0 means no limit.
+    #[arg(long, env = "RONDO_MAX_BODY_SIZE", default_value = "100MiB", value_parser = parse_size, value_name = "BYTES")]
+    pub max_body_size: u64,
+
+    /// Largest request head accepted (request line and headers together); a larger one gets
+    /// 431. At most 128KiB, actix-http's own bound.
+    #[arg(long, env = "RONDO_MAX_HEADER_SIZE", default_value = "32KiB", value_parser = parse_header_size, value_name = "BYTES")]
+    pub max_header_size: u64,
+
+    /// Longest request target (path and query) accepted; a longer one gets 414.
+    #[arg(long, env = "RONDO_MAX_URI_LENGTH", default_value = "8KiB", value_parser = parse_header_size, value_name = "BYTES")]
+    pub max_uri_length: u64,
+
+    /// Time allowed between two reads of a request body; a client that stalls longer gets 408
+    /// (like nginx's client_body_timeout).
+    #[arg(long, env = "RONDO_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub client_body_timeout: Duration,
+
+    /// Client connections served at once, all workers together; further connections wait in
+    /// the listen backlog until one closes.
+    #[arg(long, env = "RONDO_MAX_CONNECTIONS", default_value = "25000", value_parser = parse_max_connections, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Comma-separated networks (CIDR such as 10.0.0.0/8, or single addresses) of proxies in
+    /// front of rondo: their X-Forwarded-* and Forwarded headers are kept and appended to.
+    /// From every other client those headers are replaced. Empty trusts no one.
+    #[arg(long, env = "RONDO_TRUSTED_PROXIES", default_value = "", value_parser = parse_networks, value_name = "CIDR,...")]
+    pub trusted_proxies: Networks,
+
+    /// Also send endpoints an RFC 7239 `Forwarded` header (for, host, proto).
+    #[arg(long, env = "RONDO_FORWARDED",
+        action = clap::ArgAction::Set, default_value = "off", value_parser = parse_switch, value_name = "on|off")]
+    pub forwarded: bool,
+
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "RONDO_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
@@ -139,6 +174,16 @@ impl Config {
         crate::health::PassivePolicy {
             max_fails: self.max_fails,
             fail_timeout: self.fail_timeout,
+        }
+    }
+
+    /// The client limits these settings give.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            max_body_size: self.max_body_size,
+            max_header_size: self.max_header_size,
+            max_uri_length: self.max_uri_length,
+            body_timeout: self.client_body_timeout,
         }
     }
 
@@ -161,12 +206,65 @@ impl Config {
         config
     }
 
+    /// Client connections each worker serves at once: the total shared out, rounded up.
+    pub fn connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.worker_count())
+    }
+
     /// Worker threads to start: `workers`, or one per core when it is 0.
     pub fn worker_count(&self) -> usize {
         match self.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
+    }
+}
+
+/// Networks whose clients are trusted proxies; empty trusts no one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks(pub Vec<IpNet>);
+
+impl Networks {
+    /// Whether `ip` is in one of the networks (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// A comma-separated list of networks: CIDR blocks, or single addresses (a /32 or /128).
+fn parse_networks(s: &str) -> Result<Networks, String> {
+    let mut nets = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let net = match item.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => item.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                format!(
+                    "'{item}' is not a network: write CIDR blocks or addresses separated by \
+                     commas, e.g. 10.0.0.0/8,192.168.1.7"
+                )
+            })?,
+        };
+        nets.push(net.trunc());
+    }
+    Ok(Networks(nets))
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 1000000".to_string()),
+    }
+}
+
+/// Head and URI limits: actix-http refuses heads over 128 KiB before rondo sees them.
+fn parse_header_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        n if (256..=128 << 10).contains(&n) => Ok(n),
+        _ => Err("expected a size from 256 to 128KiB".to_string()),
     }
 }
 

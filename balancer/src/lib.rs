@@ -7,7 +7,12 @@
 //!   the seam: the system resolver, or a [`StaticResolver`] in tests).
 //! - [`endpoint`]: an endpoint and the immutable [`EndpointSet`] requests read.
 //! - [`selection`]: round robin with one position shared by all workers, swapped whole.
-//! - [`proxy`]: the forwarding path and the errors the balancer answers itself (502/503/504).
+//! - [`proxy`]: the forwarding path and the errors the balancer answers itself (4xx, 502, 503,
+//!   504), each with a text body naming the reason and the request id.
+//! - [`headers`]: hop-by-hop headers, the forwarding headers (`X-Forwarded-*`, `Forwarded`,
+//!   `Via`) and whose to trust, and the request id.
+//! - [`limits`]: what a client may send (URI, head and body size, body timeout) and the
+//!   status past each.
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
 //!
 //! # A request's path
@@ -27,8 +32,10 @@
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
+pub mod headers;
 pub mod health;
 pub mod healthcheck;
+pub mod limits;
 pub mod proxy;
 pub mod retry;
 pub mod selection;

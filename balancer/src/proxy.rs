@@ -1,11 +1,14 @@
 //! The forwarding path: one request in, one endpoint chosen, the response streamed back.
 //!
-//! Request and response bodies stream through without being buffered whole. Method, path,
-//! query, headers and body reach the endpoint unchanged, except that hop-by-hop headers are
-//! removed in both directions, `X-Forwarded-For` is appended to, and `X-Forwarded-Proto` and
-//! `X-Forwarded-Host` are set. The client's `Host` is kept, redirects are not followed and
-//! content encodings are passed through untouched (the awc client is built that way in
-//! [`crate::server`]).
+//! Request and response bodies stream through without being buffered whole (bodies up to
+//! `RONDO_RETRY_BODY_LIMIT` are held so a retry can send them again). Method, path, query,
+//! headers and body reach the endpoint unchanged except for the headers [`crate::headers`]
+//! names: hop-by-hop ones removed, forwarding ones and `Via` set, `X-Request-Id` kept or made.
+//! The client's `Host` is kept, redirects are not followed and content encodings are passed
+//! through untouched (the awc client is built that way in [`crate::server`]).
+//!
+//! Every answer the balancer makes itself ([`ProxyError`]) is a short text naming the reason
+//! and the request id, and is logged with both.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,25 +28,13 @@ use log::warn;
 use smallvec::SmallVec;
 
 use crate::endpoint::{Endpoint, InFlight};
+pub use crate::headers::copy_end_to_end;
+use crate::headers::{self as hdr, ClientSide, ForwardingPolicy, X_REQUEST_ID};
 use crate::health;
+use crate::limits::{self, Exceeded, Fault, GuardedBody, Limits};
 use crate::retry::{self, Failure};
 use crate::selection::RoundRobin;
 
-/// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
-/// non-standard `Keep-Alive` and `Proxy-Connection`.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Set on responses that took more than one try, to the number of tries.
 pub const X_RONDO_TRIES: HeaderName = HeaderName::from_static("x-rondo-tries");
 
@@ -83,6 +74,9 @@ pub enum ProxyError {
     /// The request cannot be forwarded in the form it came in.
     #[error("cannot forward this request: {0}")]
     Unforwardable(String),
+    /// The request went past one of the client limits.
+    #[error(transparent)]
+    Limit(#[from] Exceeded),
 }
 
 /// awc's own words, except where they mislead: it reports a connection that closed before the
@@ -143,13 +137,20 @@ impl ResponseError for ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(_) | ProxyError::Unforwardable(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Limit(exceeded) => exceeded.status(),
         }
     }
+}
 
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .content_type("text/plain; charset=utf-8")
-            .body(format!("rondo: {self}\n"))
+impl ProxyError {
+    /// Whether the client connection closes after this answer: its request body was not read
+    /// to the end, so what follows on the connection is not a request.
+    fn closes_connection(&self) -> bool {
+        match self {
+            ProxyError::Limit(exceeded) => exceeded.closes_connection(),
+            ProxyError::ClientBody(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -163,6 +164,10 @@ pub struct Forwarding {
     pub retry_timeout: Duration,
     /// Bodies up to this size are held in memory so a retry can send them again.
     pub retry_body_limit: u64,
+    /// What a client may send.
+    pub limits: Limits,
+    /// Whose forwarding headers to believe, and whether to add `Forwarded`.
+    pub forwarding_headers: ForwardingPolicy,
 }
 
 /// A request body as it will be sent: held in memory (and so sendable again) or streamed.
@@ -182,42 +187,60 @@ impl RequestBody {
 }
 
 /// Forwards one request to the next healthy endpoint in turn and streams its response back,
-/// trying other endpoints after failures where that is safe (see [`crate::retry`]).
+/// trying other endpoints after failures where that is safe (see [`crate::retry`]). Every
+/// response, the endpoint's or the balancer's own, carries the request's `X-Request-Id`.
 pub async fn forward(
     req: HttpRequest,
     payload: web::Payload,
     forwarding: web::Data<Forwarding>,
     client: web::Data<awc::Client>,
+) -> HttpResponse {
+    let id = hdr::request_id(req.headers());
+    match try_forward(&req, payload, &forwarding, &client, &id).await {
+        Ok(mut res) => {
+            res.headers_mut().insert(X_REQUEST_ID, id);
+            res
+        }
+        Err(err) => answer(&req, &id, err),
+    }
+}
+
+async fn try_forward(
+    req: &HttpRequest,
+    payload: web::Payload,
+    forwarding: &Forwarding,
+    client: &awc::Client,
+    id: &HeaderValue,
 ) -> Result<HttpResponse, ProxyError> {
     let arrived = Instant::now();
     if !req.uri().path().starts_with('/') {
         // `OPTIONS *` (asterisk form) and the like: there is no path to send to an endpoint.
-        return Err(logged(
-            &req,
-            ProxyError::Unforwardable(format!("the request target '{}' is not a path", req.uri())),
-        ));
+        return Err(ProxyError::Unforwardable(format!(
+            "the request target '{}' is not a path",
+            req.uri()
+        )));
     }
-    let mut body = read_body(payload, req.headers(), forwarding.retry_body_limit).await?;
+    limits::check_head(req, &forwarding.limits)?;
+    let (mut body, fault) = read_body(payload, req.headers(), forwarding).await?;
     let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
     let mut last_error = None;
     loop {
         let Some(pick) = forwarding.selector.select(&tried) else {
             // Every endpoint was tried: answer with the last failure.
-            let err = last_error.unwrap_or_else(|| ProxyError::NoEndpoints {
+            return Err(last_error.unwrap_or_else(|| ProxyError::NoEndpoints {
                 upstreams: forwarding
                     .selector
                     .load()
                     .set()
                     .without_endpoints()
                     .to_vec(),
-            });
-            return Err(logged(&req, err));
+            }));
         };
         let endpoint = pick.endpoint;
         tried.push(endpoint.clone());
         let in_flight = endpoint.start_request();
 
-        let sent = send(&client, &req, &endpoint, &mut body).await;
+        let sent = send(client, req, forwarding, id, &endpoint, &mut body).await;
         let res = match sent {
             Ok(res) => {
                 if let Some(flip) = endpoint.report_success() {
@@ -226,6 +249,10 @@ pub async fn forward(
                 res
             }
             Err(err) => {
+                if let Some(exceeded) = fault.as_ref().and_then(Fault::get) {
+                    // The client's body went past a limit while it streamed to the endpoint.
+                    return Err(exceeded.into());
+                }
                 let failure = Failure::of(&err);
                 if failure.counts_against_endpoint() {
                     let reason = err.to_string();
@@ -243,66 +270,86 @@ pub async fn forward(
                 let err = ProxyError::from_send(&endpoint, tries, err);
                 if again {
                     warn!(
-                        "{} {}: try {tries} failed, trying another endpoint: {err}",
+                        "{} {} (request {}): try {tries} failed, trying another endpoint: {err}",
                         req.method(),
-                        req.uri()
+                        req.uri(),
+                        id.to_str().unwrap_or("-"),
                     );
                     last_error = Some(err);
                     continue;
                 }
-                return Err(logged(&req, err));
+                return Err(err);
             }
         };
         return Ok(relay(res, in_flight, tried.len()));
     }
 }
 
-/// Logs an answer the balancer makes itself, with the request, status and reason.
-fn logged(req: &HttpRequest, err: ProxyError) -> ProxyError {
+/// The balancer's own answer to a request it could not forward: the status, a short text
+/// with the reason and the request id, logged with both.
+fn answer(req: &HttpRequest, id: &HeaderValue, err: ProxyError) -> HttpResponse {
+    let status = err.status_code();
+    let id_text = id.to_str().unwrap_or("-");
     warn!(
-        "{} {}: {} {err}",
+        "{} {} (request {id_text}): {} {err}",
         req.method(),
         req.uri(),
-        err.status_code().as_u16()
+        status.as_u16()
     );
-    err
+    let mut res = HttpResponse::build(status);
+    res.content_type("text/plain; charset=utf-8")
+        .insert_header((X_REQUEST_ID, id.clone()));
+    if err.closes_connection() {
+        res.force_close();
+    }
+    res.body(format!("rondo: {err}\nrequest id: {id_text}\n"))
 }
 
-/// Reads the request body into memory when it is known to fit in `limit` (so a retry can
-/// send it again); otherwise streams it, chunked bodies after a first part held in memory.
+/// Reads the request body into memory when it is known to fit in the retry body limit (so a
+/// retry can send it again); otherwise streams it, chunked bodies after a first part held in
+/// memory. Bodies are guarded by the size limit and the body timeout; the [`Fault`] says which
+/// one stopped a body that failed (`None` for requests without a body).
 async fn read_body(
     payload: web::Payload,
     headers: &HeaderMap,
-    limit: u64,
-) -> Result<RequestBody, ProxyError> {
-    let mut payload = payload.into_inner();
+    forwarding: &Forwarding,
+) -> Result<(RequestBody, Option<Fault>), ProxyError> {
+    let limit = forwarding.retry_body_limit;
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    let length = request_body_length(headers);
-    match length {
-        None if !chunked => return Ok(RequestBody::None),
-        Some(n) if n > limit => return Ok(RequestBody::Stream(Some(Box::new(payload)), Some(n))),
-        _ => {}
+    let length = hdr::content_length(headers);
+    if length.is_none() && !chunked {
+        return Ok((RequestBody::None, None));
+    }
+    let (mut payload, fault) = GuardedBody::new(payload.into_inner(), &forwarding.limits);
+    if let Some(n) = length.filter(|n| *n > limit) {
+        return Ok((
+            RequestBody::Stream(Some(Box::new(payload)), Some(n)),
+            Some(fault),
+        ));
     }
     let mut held = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+        let chunk = chunk.map_err(|e| match fault.get() {
+            Some(exceeded) => ProxyError::Limit(exceeded),
+            None => ProxyError::ClientBody(e.to_string()),
+        })?;
         held.extend_from_slice(&chunk);
         if held.len() as u64 > limit {
             // A chunked body longer than the limit: send what was read, then the rest.
             let first = futures_util::stream::iter([Ok(held.freeze())]);
-            return Ok(RequestBody::Stream(
-                Some(Box::new(first.chain(payload))),
-                None,
-            ));
+            let body = RequestBody::Stream(Some(Box::new(first.chain(payload))), None);
+            return Ok((body, Some(fault)));
         }
     }
-    Ok(RequestBody::Held(held.freeze()))
+    Ok((RequestBody::Held(held.freeze()), Some(fault)))
 }
 
 /// Sends one try of `req` to `endpoint`.
 async fn send(
     client: &awc::Client,
     req: &HttpRequest,
+    forwarding: &Forwarding,
+    id: &HeaderValue,
     endpoint: &Endpoint,
     body: &mut RequestBody,
 ) -> Result<awc::ClientResponse, SendRequestError> {
@@ -319,7 +366,15 @@ async fn send(
     // The balancer answers `Expect: 100-continue` itself (actix-web does when the body is
     // first read), as nginx does; passing it on would cost the endpoint a round trip more.
     headers.remove(header::EXPECT);
-    add_forwarded(req, headers);
+    forwarding.forwarding_headers.apply(
+        ClientSide {
+            peer: req.peer_addr().map(|a| a.ip()),
+            host: req.headers().get(header::HOST),
+            version: req.version(),
+        },
+        headers,
+    );
+    headers.insert(X_REQUEST_ID, id.clone());
     match body {
         RequestBody::None => upstream_req.send().await,
         RequestBody::Held(bytes) => upstream_req.send_body(bytes.clone()).await,
@@ -360,6 +415,7 @@ fn relay(mut res: awc::ClientResponse, in_flight: InFlight, tries: usize) -> Htt
     };
     let headers = response.headers_mut();
     copy_end_to_end(res.headers(), headers);
+    hdr::add_via(headers, res.version());
     if tries > 1 {
         headers.insert(X_RONDO_TRIES, HeaderValue::from(tries));
     }
@@ -380,117 +436,29 @@ impl<S: Stream + Unpin> Stream for Counted<S> {
     }
 }
 
-/// The request's `Content-Length`, when it has exactly one valid one.
-fn request_body_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH);
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.trim().parse().ok()
-}
-
 /// The response's `Content-Length`, unless it is also chunked (then the length is ignored).
 fn response_body_length(headers: &HeaderMap) -> Option<u64> {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return None;
     }
-    request_body_length(headers)
-}
-
-/// Copies every end-to-end header of `from` into `to`, in order: hop-by-hop headers (the
-/// fixed list and every header the message's `Connection` header names) and the framing
-/// (`Content-Length`, set again from the body) stay behind.
-pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    // Read `Connection` once per message, not once per header.
-    let named: SmallVec<[&str; 4]> = from
-        .get_all(header::CONNECTION)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect();
-    for (name, value) in from.iter() {
-        let hop_by_hop = HOP_BY_HOP.contains(name)
-            || *name == header::CONTENT_LENGTH
-            || named.iter().any(|t| name.as_str().eq_ignore_ascii_case(t));
-        if !hop_by_hop {
-            to.append(name.clone(), value.clone());
-        }
-    }
-}
-
-/// Appends the client's address to `X-Forwarded-For` (one comma-separated header, as nginx's
-/// `$proxy_add_x_forwarded_for`), and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-fn add_forwarded(req: &HttpRequest, headers: &mut HeaderMap) {
-    let peer = req.peer_addr().map(|a| a.ip().to_string());
-    let mut chain: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if let Some(peer) = peer.as_deref() {
-        chain.push(peer);
-    }
-    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(host) = req.headers().get(header::HOST) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
+    hdr::content_length(headers)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        m
-    }
-
-    /// Hop-by-hop headers, and the ones `Connection` names, are dropped; others are kept in order.
-    #[test]
-    fn copy_drops_hop_by_hop_and_connection_named_headers() {
-        let from = map(&[
-            ("connection", "keep-alive, x-secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("content-length", "3"),
-            ("set-cookie", "a=1"),
-            ("set-cookie", "b=2"),
-            ("host", "example"),
-        ]);
-        let mut to = HeaderMap::new();
-        copy_end_to_end(&from, &mut to);
-        // Across names the map has no order; within one name it keeps the order received.
-        let mut names: Vec<_> = to
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            vec!["host=example", "set-cookie=a=1", "set-cookie=b=2"]
-        );
-        let cookies: Vec<_> = to.get_all(header::SET_COOKIE).collect();
-        assert_eq!(cookies, vec!["a=1", "b=2"]);
-    }
+    use crate::headers::test_map as map;
 
     /// A request with two Content-Length headers has no length we trust.
     #[test]
     fn two_content_lengths_give_no_length() {
         assert_eq!(
-            request_body_length(&map(&[("content-length", "3")])),
+            hdr::content_length(&map(&[("content-length", "3")])),
             Some(3)
         );
         assert_eq!(
-            request_body_length(&map(&[("content-length", "3"), ("content-length", "4")])),
+            hdr::content_length(&map(&[("content-length", "3"), ("content-length", "4")])),
             None
         );
         assert_eq!(

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::discovery::{Discovery, Resolve};
+use crate::headers::ForwardingPolicy;
 use crate::health;
 use crate::proxy::{self, Forwarding};
 use crate::selection::RoundRobin;
@@ -102,6 +103,11 @@ pub async fn start<R: Resolve>(
         tries: config.tries,
         retry_timeout: config.retry_timeout,
         retry_body_limit: config.retry_body_limit,
+        limits: config.limits(),
+        forwarding_headers: ForwardingPolicy {
+            trusted: config.trusted_proxies.clone(),
+            forwarded: config.forwarded,
+        },
     });
     let client_config = config.clone();
     let server = HttpServer::new(move || {
@@ -111,6 +117,7 @@ pub async fn start<R: Resolve>(
             .default_service(web::to(proxy::forward))
     })
     .workers(config.worker_count())
+    .max_connections(config.connections_per_worker())
     .client_request_timeout(config.client_timeout)
     // actix counts whole seconds: round up, so 500ms still lets requests finish.
     .shutdown_timeout((config.shutdown_timeout.as_secs_f64().ceil() as u64).max(1))

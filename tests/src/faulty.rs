@@ -22,6 +22,8 @@ pub enum Fault {
     Hang,
     /// Answers a 1,000-byte `Content-Length` response, sends 10 bytes of it, then closes.
     DieMidResponse,
+    /// Answers these exact bytes, then closes (to send what actix-web would not).
+    Answer(&'static str),
 }
 
 /// A misbehaving endpoint; counts the connections it accepted.
@@ -73,6 +75,10 @@ fn misbehave(mut stream: TcpStream, fault: Fault) {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
             let _ = stream.flush();
             std::thread::sleep(Duration::from_millis(50));
+        }
+        Fault::Answer(raw) => {
+            let _ = stream.write_all(raw.as_bytes());
+            let _ = stream.flush();
         }
     }
 }

@@ -107,3 +107,26 @@ pub async fn get(client: &awc::Client, url: &str) -> (u16, String, String) {
         String::from_utf8_lossy(&body).into_owned(),
     )
 }
+
+/// Writes `request` to `addr`, reads until the server closes (at most 10 s), and returns what
+/// came back.
+pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the server closes within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of header `name` (any case) in the head of a raw HTTP response, if present.
+pub fn raw_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}

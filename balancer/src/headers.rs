@@ -1,0 +1,447 @@
+//! The headers the balancer changes on the way through, and why.
+//!
+//! - Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, so they stay behind in both
+//!   directions, with every header the message's own `Connection` header names.
+//! - Forwarding headers tell the endpoint who the client was. A client can write anything in
+//!   them, so they are believed only from the proxies configured as trusted
+//!   (`RONDO_TRUSTED_PROXIES`, CIDR blocks): from those, `X-Forwarded-For` and `Forwarded` are
+//!   appended to and the other `X-Forwarded-*` kept; from everyone else they are replaced, as
+//!   Traefik does with its `trustedIPs`.
+//! - `Via` (RFC 9110 §7.6.3) is appended to in both directions, as a proxy must.
+//! - `X-Request-Id` follows a request through every log: a client's own id is kept when it is
+//!   a sane token, otherwise the balancer makes one (32 hex digits, like nginx's
+//!   `$request_id`); the endpoint and the client both see it.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::Version;
+use smallvec::SmallVec;
+
+use crate::config::Networks;
+
+/// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
+/// non-standard `Keep-Alive` and `Proxy-Connection`.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client-sent request id kept; a longer one is replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Copies every end-to-end header of `from` into `to`, in order: hop-by-hop headers (the
+/// fixed list and every header the message's `Connection` header names) and the framing
+/// (`Content-Length`, set again from the body) stay behind.
+pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    // Read `Connection` once per message, not once per header.
+    let named: SmallVec<[&str; 4]> = from
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    for (name, value) in from.iter() {
+        let hop_by_hop = HOP_BY_HOP.contains(name)
+            || *name == header::CONTENT_LENGTH
+            || named.iter().any(|t| name.as_str().eq_ignore_ascii_case(t));
+        if !hop_by_hop {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The message's `Content-Length`, when it has exactly one valid one.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH);
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.trim().parse().ok()
+}
+
+/// A header map of `pairs`, in order (for tests).
+#[cfg(test)]
+pub(crate) fn test_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    for (k, v) in pairs {
+        m.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    m
+}
+
+/// The request's id: the client's `X-Request-Id` when it is 1 to [`MAX_REQUEST_ID_LEN`]
+/// visible ASCII characters, otherwise a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(X_REQUEST_ID) {
+        Some(id) if is_sane_id(id.as_bytes()) => id.clone(),
+        _ => new_request_id(),
+    }
+}
+
+fn is_sane_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+}
+
+/// What the balancer knows of the client connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    /// The peer's address; `None` only for connections without one (never over TCP).
+    pub peer: Option<IpAddr>,
+    /// The request's `Host` header.
+    pub host: Option<&'a HeaderValue>,
+    /// The HTTP version the client spoke.
+    pub version: Version,
+}
+
+/// How forwarding headers are written: whom to believe, and whether to add `Forwarded`.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardingPolicy {
+    /// Proxies whose forwarding headers are kept and appended to.
+    pub trusted: Networks,
+    /// Whether to send an RFC 7239 `Forwarded` header too.
+    pub forwarded: bool,
+}
+
+impl ForwardingPolicy {
+    /// Whether a request from `peer` comes from a trusted proxy.
+    pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| self.trusted.contains(ip))
+    }
+
+    /// Sets the forwarding headers and `Via` in `headers`, the request about to go to an
+    /// endpoint, which already holds the client's end-to-end headers.
+    pub fn apply(&self, client: ClientSide<'_>, headers: &mut HeaderMap) {
+        let trusted = self.trusts(client.peer);
+        let peer = client.peer.map(|ip| ip.to_string());
+
+        // X-Forwarded-For: one comma-separated list, as nginx's $proxy_add_x_forwarded_for.
+        let mut chain = String::new();
+        if trusted {
+            for v in headers.get_all(X_FORWARDED_FOR) {
+                if let Ok(v) = v.to_str() {
+                    push_list(&mut chain, v);
+                }
+            }
+        }
+        if let Some(peer) = &peer {
+            push_list(&mut chain, peer);
+        }
+        set_or_remove(headers, X_FORWARDED_FOR, &chain);
+
+        if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
+            match client.host {
+                Some(host) => {
+                    headers.insert(X_FORWARDED_HOST, host.clone());
+                }
+                None => {
+                    headers.remove(X_FORWARDED_HOST);
+                }
+            }
+        }
+        if !(trusted && headers.contains_key(X_FORWARDED_PORT)) {
+            let port = client.host.and_then(host_port).unwrap_or(80);
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        }
+
+        let mut forwarded = String::new();
+        if trusted {
+            for v in headers.get_all(header::FORWARDED) {
+                if let Ok(v) = v.to_str() {
+                    push_list(&mut forwarded, v);
+                }
+            }
+        }
+        if self.forwarded {
+            push_list(&mut forwarded, &forwarded_element(&client, peer.as_deref()));
+        }
+        set_or_remove(headers, header::FORWARDED, &forwarded);
+
+        add_via(headers, client.version);
+    }
+}
+
+/// Appends this hop, `1.1 rondo` (or the version spoken), to the message's `Via`.
+pub fn add_via(headers: &mut HeaderMap, version: Version) {
+    let hop = match version {
+        Version::HTTP_09 => "0.9 rondo",
+        Version::HTTP_10 => "1.0 rondo",
+        Version::HTTP_2 => "2 rondo",
+        Version::HTTP_3 => "3 rondo",
+        _ => "1.1 rondo",
+    };
+    if !headers.contains_key(header::VIA) {
+        headers.insert(header::VIA, HeaderValue::from_static(hop));
+        return;
+    }
+    let mut via = String::new();
+    for v in headers.get_all(header::VIA) {
+        if let Ok(v) = v.to_str() {
+            push_list(&mut via, v);
+        }
+    }
+    push_list(&mut via, hop);
+    set_or_remove(headers, header::VIA, &via);
+}
+
+/// One `Forwarded` element: `for=…;host=…;proto=http`, values quoted where RFC 7239 needs it.
+fn forwarded_element(client: &ClientSide<'_>, peer: Option<&str>) -> String {
+    let mut element = String::new();
+    match (client.peer, peer) {
+        (Some(IpAddr::V6(_)), Some(p)) => {
+            let _ = write!(element, "for=\"[{p}]\"");
+        }
+        (_, Some(p)) => {
+            let _ = write!(element, "for={p}");
+        }
+        _ => element.push_str("for=unknown"),
+    }
+    if let Some(host) = client.host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=");
+        push_token_or_quoted(&mut element, host);
+    }
+    element.push_str(";proto=http");
+    element
+}
+
+/// RFC 9110 `token` characters.
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn push_token_or_quoted(out: &mut String, value: &str) {
+    if !value.is_empty() && value.chars().all(is_tchar) {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// The port of a `Host` value (`example.com:8080`, `[::1]:8080`), when it names one.
+fn host_port(host: &HeaderValue) -> Option<u16> {
+    let host = host.to_str().ok()?;
+    let (before, port) = host.rsplit_once(':')?;
+    if before.contains(':') && !before.ends_with(']') {
+        // An IPv6 literal without brackets and without a port.
+        return None;
+    }
+    port.parse().ok()
+}
+
+fn push_list(list: &mut String, item: &str) {
+    let item = item.trim();
+    if item.is_empty() {
+        return;
+    }
+    if !list.is_empty() {
+        list.push_str(", ");
+    }
+    list.push_str(item);
+}
+
+/// Sets `name` to `value`, or removes it when `value` is empty or not a valid header value.
+fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) if !value.is_empty() => {
+            headers.insert(name, v);
+        }
+        _ => {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::test_map as map;
+
+    fn get<'a>(m: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        m.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn policy(trusted: &str, forwarded: bool) -> ForwardingPolicy {
+        ForwardingPolicy {
+            trusted: Networks(
+                trusted
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().unwrap())
+                    .collect(),
+            ),
+            forwarded,
+        }
+    }
+
+    fn client<'a>(peer: &str, host: Option<&'a HeaderValue>) -> ClientSide<'a> {
+        ClientSide {
+            peer: Some(peer.parse().unwrap()),
+            host,
+            version: Version::HTTP_11,
+        }
+    }
+
+    /// Hop-by-hop headers, and the ones `Connection` names, are dropped; others are kept in order.
+    #[test]
+    fn copy_drops_hop_by_hop_and_connection_named_headers() {
+        let from = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "3"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("host", "example"),
+        ]);
+        let mut to = HeaderMap::new();
+        copy_end_to_end(&from, &mut to);
+        // Across names the map has no order; within one name it keeps the order received.
+        let mut names: Vec<_> = to
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["host=example", "set-cookie=a=1", "set-cookie=b=2"]
+        );
+        let cookies: Vec<_> = to.get_all(header::SET_COOKIE).collect();
+        assert_eq!(cookies, vec!["a=1", "b=2"]);
+    }
+
+    /// From an untrusted client every forwarding header it sent is replaced by the balancer's.
+    #[test]
+    fn untrusted_clients_forwarding_headers_are_replaced() {
+        let host = HeaderValue::from_static("shop.example:8443");
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "1"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        policy("", false).apply(client("192.0.2.7", Some(&host)), &mut h);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.7"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("shop.example:8443"));
+        assert_eq!(get(&h, "x-forwarded-port"), Some("8443"));
+        assert_eq!(get(&h, "forwarded"), None);
+        assert_eq!(get(&h, "via"), Some("1.1 rondo"));
+    }
+
+    /// From a trusted proxy the chain is appended to and its other forwarding headers kept.
+    #[test]
+    fn trusted_proxies_headers_are_appended_to() {
+        let host = HeaderValue::from_static("shop.example");
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9, 10.1.2.3"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+            ("via", "1.1 edge"),
+        ]);
+        policy("10.0.0.0/8", true).apply(client("10.9.8.7", Some(&host)), &mut h);
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            Some("203.0.113.9, 10.1.2.3, 10.9.8.7")
+        );
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&h, "x-forwarded-port"), Some("443"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("shop.example"));
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=203.0.113.9;proto=https, for=10.9.8.7;host=shop.example;proto=http")
+        );
+        assert_eq!(get(&h, "via"), Some("1.1 edge, 1.1 rondo"));
+    }
+
+    /// `Forwarded` quotes IPv6 addresses and hosts with a port, as RFC 7239 §6 requires.
+    #[test]
+    fn forwarded_quotes_ipv6_and_ports() {
+        let host = HeaderValue::from_static("[::1]:8080");
+        let mut h = HeaderMap::new();
+        policy("", true).apply(client("2001:db8::5", Some(&host)), &mut h);
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=\"[2001:db8::5]\";host=\"[::1]:8080\";proto=http")
+        );
+        assert_eq!(get(&h, "x-forwarded-port"), Some("8080"));
+        assert_eq!(get(&h, "x-forwarded-for"), Some("2001:db8::5"));
+    }
+
+    /// An IPv4 client seen as an IPv4-mapped IPv6 address matches an IPv4 network.
+    #[test]
+    fn mapped_ipv4_peers_match_ipv4_networks() {
+        let p = policy("172.16.0.0/12", false);
+        assert!(p.trusts(Some("::ffff:172.18.0.5".parse().unwrap())));
+        assert!(!p.trusts(Some("172.32.0.1".parse().unwrap())));
+        assert!(!p.trusts(None));
+    }
+
+    /// A Host without a port gives port 80; HTTP/1.0 requests get a `1.0` Via entry.
+    #[test]
+    fn defaults_without_port_and_version() {
+        let host = HeaderValue::from_static("example.com");
+        let mut h = HeaderMap::new();
+        let mut c = client("127.0.0.1", Some(&host));
+        c.version = Version::HTTP_10;
+        policy("", false).apply(c, &mut h);
+        assert_eq!(get(&h, "x-forwarded-port"), Some("80"));
+        assert_eq!(get(&h, "via"), Some("1.0 rondo"));
+        assert_eq!(host_port(&HeaderValue::from_static("::1")), None);
+    }
+
+    /// A sane client id is kept; a missing, empty, long or spaced one is replaced by 32 hex digits.
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let kept = request_id(&map(&[("x-request-id", "abc-123")]));
+        assert_eq!(kept, "abc-123");
+        let long: &'static str = Box::leak("a".repeat(MAX_REQUEST_ID_LEN + 1).into_boxed_str());
+        for bad in [
+            vec![],
+            vec![("x-request-id", "")],
+            vec![("x-request-id", "a b")],
+            vec![("x-request-id", long)],
+        ] {
+            let id = request_id(&map(&bad));
+            let id = id.to_str().unwrap();
+            assert_eq!(id.len(), 32, "{bad:?}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,147 @@
+//! What the balancer does to headers on the way through: forwarding headers and whom to trust,
+//! `Via`, the request id, repeated response headers, and the text of its own answers.
+
+use balancer::discovery::DnsResolver;
+use rondo_tests::faulty::{refusing_addr, start_faulty, Fault};
+use rondo_tests::*;
+
+fn echo_headers(body: &str) -> Vec<(String, String)> {
+    let echo: serde_json::Value = serde_json::from_str(body).expect("the echo JSON");
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h[0].as_str().unwrap().into(), h[1].as_str().unwrap().into()))
+        .collect()
+}
+
+fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").expect("a response").1
+}
+
+/// From a trusted proxy network the forwarding chain is appended to, its scheme kept, and an
+/// RFC 7239 `Forwarded` element added; the client's request id reaches the endpoint and comes
+/// back on the response, with `Via` on both.
+#[actix_web::test]
+async fn trusted_proxy_headers_are_appended_and_request_id_kept() {
+    let b = start_backend("echo", "b");
+    let mut config = config_for(&[b.addr.to_string()]);
+    config.trusted_proxies = balancer::config::Networks(vec!["127.0.0.0/8".parse().unwrap()]);
+    config.forwarded = true;
+    let lb = start_balancer(&config, DnsResolver).await;
+    let response = raw_exchange(
+        lb.addrs()[0],
+        "GET /echo HTTP/1.1\r\nHost: shop.example:8443\r\n\
+         X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\
+         Forwarded: for=203.0.113.9;proto=https\r\nX-Request-Id: trace-42\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(raw_header(&response, "x-request-id"), Some("trace-42"));
+    assert_eq!(raw_header(&response, "via"), Some("1.1 rondo"));
+    let seen = echo_headers(body_of(&response));
+    assert_eq!(values(&seen, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(values(&seen, "x-forwarded-proto"), ["https"]);
+    assert_eq!(values(&seen, "x-forwarded-port"), ["8443"]);
+    assert_eq!(
+        values(&seen, "forwarded"),
+        ["for=203.0.113.9;proto=https, for=127.0.0.1;host=\"shop.example:8443\";proto=http"]
+    );
+    assert_eq!(values(&seen, "x-request-id"), ["trace-42"]);
+    assert_eq!(values(&seen, "via"), ["1.1 rondo"]);
+}
+
+/// Without a client id the balancer makes one; the endpoint and the client see the same one,
+/// and an untrusted client's `Forwarded` header does not reach the endpoint.
+#[actix_web::test]
+async fn request_id_is_made_and_untrusted_forwarded_dropped() {
+    let b = start_backend("echo", "b");
+    let lb = start_balancer(&config_for(&[b.addr.to_string()]), DnsResolver).await;
+    let response = raw_exchange(
+        lb.addrs()[0],
+        "GET /echo HTTP/1.1\r\nHost: x\r\nForwarded: for=6.6.6.6\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let id = raw_header(&response, "x-request-id").expect("an id on the response");
+    assert_eq!(id.len(), 32, "{id}");
+    let seen = echo_headers(body_of(&response));
+    assert_eq!(values(&seen, "x-request-id"), [id]);
+    assert!(values(&seen, "forwarded").is_empty(), "{seen:?}");
+}
+
+/// The balancer's own 503 and 502 answers are short texts with the reason and the request id,
+/// which is also in their `X-Request-Id` header.
+#[actix_web::test]
+async fn own_answers_name_the_reason_and_request_id() {
+    let resolver = balancer::discovery::StaticResolver::new();
+    resolver.fail("ghost", "NXDOMAIN");
+    let none = start_balancer(&config_for(&["ghost:8080".to_string()]), resolver).await;
+    let refused = refusing_addr();
+    let mut config = config_for(&[refused.to_string()]);
+    config.health_checks = false;
+    let refusing = start_balancer(&config, DnsResolver).await;
+    for (lb, status, reason) in [
+        (none.addrs()[0], "503", "no endpoint available"),
+        (refusing.addrs()[0], "502", "cannot connect to"),
+    ] {
+        let response = raw_exchange(
+            lb,
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-7\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{response}"
+        );
+        assert_eq!(raw_header(&response, "x-request-id"), Some("req-7"));
+        let body = body_of(&response);
+        assert!(body.starts_with("rondo: "), "{body}");
+        assert!(body.contains(reason), "{body}");
+        assert!(body.contains("request id: req-7"), "{body}");
+    }
+}
+
+/// Several `Set-Cookie` headers come back apart and in order, and a chunked response stays
+/// chunked and whole.
+#[actix_web::test]
+async fn repeated_response_headers_keep_their_order() {
+    let upstream = start_faulty(Fault::Answer(
+        "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2; Path=/\r\nSet-Cookie: c=3\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    ));
+    let mut config = config_for(&[upstream.addr.to_string()]);
+    config.health_checks = false;
+    let lb = start_balancer(&config, DnsResolver).await;
+    let response = raw_exchange(
+        lb.addrs()[0],
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let cookies: Vec<&str> = head
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: "))
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2; Path=/", "c=3"], "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let unchunked: String = body
+        .split("\r\n")
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, part)| part)
+        .collect();
+    assert_eq!(unchunked, "hello world", "{body:?}");
+}
