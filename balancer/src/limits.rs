@@ -93,12 +93,11 @@ pub fn check_head(req: &HttpRequest, limits: &Limits) -> Result<(), Exceeded> {
             limit: limits.max_header_size,
         });
     }
-    if limits.max_body_size > 0 {
-        if crate::headers::content_length(req.headers()).is_some_and(|n| n > limits.max_body_size) {
-            return Err(Exceeded::BodySize {
-                limit: limits.max_body_size,
-            });
-        }
+    let declared = crate::headers::content_length(req.headers());
+    if limits.max_body_size > 0 && declared.is_some_and(|n| n > limits.max_body_size) {
+        return Err(Exceeded::BodySize {
+            limit: limits.max_body_size,
+        });
     }
     Ok(())
 }
