@@ -123,15 +123,19 @@ async fn echo(req: HttpRequest, mut body: web::Payload) -> actix_web::Result<Htt
 }
 
 async fn bytes(n: web::Path<u64>) -> HttpResponse {
-    const CHUNK: u64 = 64 * 1024;
+    // A whole number of pattern cycles, so every chunk is a slice of the same buffer.
+    const CHUNK: u64 = 251 * 256;
+    static PATTERN: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     let n = n.into_inner();
     if n > MAX_BYTES {
         return HttpResponse::BadRequest().body(format!("at most {MAX_BYTES} bytes\n"));
     }
+    let pattern = PATTERN
+        .get_or_init(|| Bytes::from_iter((0..CHUNK).map(pattern_byte)))
+        .clone();
     let chunks = stream::iter((0..n.div_ceil(CHUNK)).map(move |c| {
-        let start = c * CHUNK;
-        let end = (start + CHUNK).min(n);
-        Ok::<_, std::convert::Infallible>(Bytes::from_iter((start..end).map(pattern_byte)))
+        let len = (n - c * CHUNK).min(CHUNK) as usize;
+        Ok::<_, std::convert::Infallible>(pattern.slice(..len))
     }));
     HttpResponse::Ok()
         .content_type("application/octet-stream")

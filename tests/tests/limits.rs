@@ -1,0 +1,211 @@
+//! The client limits through a real balancer: each limit's status, the connection closed where
+//! the body was left unread, and slow clients that cannot starve the others.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use balancer::discovery::DnsResolver;
+use balancer::Config;
+use futures_util::future::join_all;
+use rondo_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn status_of(response: &str) -> &str {
+    response.get(9..12).unwrap_or("")
+}
+
+async fn balancer_with(change: impl FnOnce(&mut Config)) -> (Backend, balancer::Running) {
+    let b = start_backend("Server 1", "b1");
+    let mut config = config_for(&[b.addr.to_string()]);
+    change(&mut config);
+    let lb = start_balancer(&config, DnsResolver).await;
+    (b, lb)
+}
+
+/// A target over the URI limit gets 414 and a head over the header limit 431, each with the
+/// reason; a head over actix-http's own 128 KiB bound gets 431 too.
+#[actix_web::test]
+async fn long_targets_and_large_heads_are_refused() {
+    let (_b, lb) = balancer_with(|c| {
+        c.max_uri_length = 1024;
+        c.max_header_size = 4096;
+    })
+    .await;
+    let addr = lb.addrs()[0];
+    let long_uri = format!("/{}", "a".repeat(1100));
+    let response = raw_exchange(
+        addr,
+        &format!("GET {long_uri} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&response), "414", "{response}");
+    assert!(response.contains("RONDO_MAX_URI_LENGTH"), "{response}");
+
+    let big = "v".repeat(5000);
+    let response = raw_exchange(
+        addr,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&response), "431", "{response}");
+    assert!(response.contains("RONDO_MAX_HEADER_SIZE"), "{response}");
+
+    let huge = "v".repeat(140 << 10);
+    let response = raw_exchange(
+        addr,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&response), "431", "{response}");
+
+    let response = raw_exchange(
+        addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&response), "200", "{response}");
+}
+
+/// A declared length over the body limit gets 413 at once (the endpoint sees nothing), and the
+/// connection closes since the body was not read.
+#[actix_web::test]
+async fn declared_body_over_the_limit_gets_413() {
+    let (_b, lb) = balancer_with(|c| c.max_body_size = 1000).await;
+    let response = raw_exchange(
+        lb.addrs()[0],
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\nnot all of it",
+    )
+    .await;
+    assert_eq!(status_of(&response), "413", "{response}");
+    assert!(response.contains("RONDO_MAX_BODY_SIZE"), "{response}");
+    assert!(response.contains("request id: "), "{response}");
+    assert_eq!(raw_header(&response, "connection"), Some("close"));
+}
+
+/// A chunked body that streams past the limit gets 413 and never reaches the endpoint whole;
+/// one within the limit passes.
+#[actix_web::test]
+async fn chunked_body_over_the_limit_gets_413() {
+    let (_b, lb) = balancer_with(|c| {
+        c.max_body_size = 200 << 10;
+        c.retry_body_limit = 16 << 10;
+    })
+    .await;
+    let chunk = format!("{:x}\r\n{}\r\n", 50 << 10, "z".repeat(50 << 10));
+    let over = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        chunk.repeat(5)
+    );
+    let response = raw_exchange(lb.addrs()[0], &over).await;
+    assert_eq!(status_of(&response), "413", "{response}");
+    assert!(!response.contains("body_sha256"), "{response}");
+
+    let within = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}0\r\n\r\n",
+        chunk.repeat(3)
+    );
+    let response = raw_exchange(lb.addrs()[0], &within).await;
+    assert_eq!(status_of(&response), "200", "{response}");
+    assert!(response.contains("\"body_length\":153600"), "{response}");
+}
+
+/// A client that stops sending its body gets 408 after the body timeout; one that never
+/// finishes its head gets 408 from the head timeout.
+#[actix_web::test]
+async fn stalled_clients_get_408() {
+    let (_b, lb) = balancer_with(|c| {
+        c.client_body_timeout = Duration::from_millis(300);
+        c.client_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let response = raw_exchange(
+        lb.addrs()[0],
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    assert_eq!(status_of(&response), "408", "{response}");
+    assert!(response.contains("RONDO_CLIENT_BODY_TIMEOUT"), "{response}");
+
+    let response = raw_exchange(lb.addrs()[0], "GET / HTTP/1.1\r\nHost: x\r\n").await;
+    assert_eq!(status_of(&response), "408", "{response}");
+}
+
+/// 1,000 slowloris connections (a head sent a byte at a time) do not stop 100 ordinary
+/// requests from being served, and each slow connection is ended by the head timeout.
+#[actix_web::test]
+async fn slowloris_does_not_starve_other_clients() {
+    const SLOW: usize = 1000;
+    let (_b, lb) = balancer_with(|c| {
+        c.client_timeout = Duration::from_secs(3);
+        c.workers = 2;
+    })
+    .await;
+    let addr = lb.addrs()[0];
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut s = TcpStream::connect(addr).await.expect("a slow connection");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Every slow client adds a byte, as slowloris does, while others are served.
+    for s in &mut slow {
+        let _ = s.write_all(b"a").await;
+    }
+    let client = client();
+    let url = url_of(&lb, "/");
+    let answers = join_all((0..100).map(|_| get(&client, &url))).await;
+    let ok = answers.iter().filter(|(status, ..)| *status == 200).count();
+    println!("with {SLOW} slow connections open: {ok}/100 ordinary requests answered 200");
+    assert_eq!(ok, 100);
+
+    let ended = join_all(slow.into_iter().map(|mut s| async move {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+        read.is_ok() && String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408")
+    }))
+    .await;
+    let timed_out = ended.iter().filter(|e| **e).count();
+    println!("{timed_out}/{SLOW} slow connections ended with 408");
+    assert_eq!(timed_out, SLOW);
+}
+
+/// Past RONDO_MAX_CONNECTIONS a new connection waits until one closes, then is served.
+#[actix_web::test]
+async fn connections_past_the_limit_wait_for_a_free_one() {
+    let (_b, lb) = balancer_with(|c| {
+        c.max_connections = 4;
+        c.workers = 1;
+        c.client_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let addr: SocketAddr = lb.addrs()[0];
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Give the worker time to accept the four.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    extra
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), extra.read(&mut buf)).await;
+    // Nothing arrives while the four are held (a timeout, not a read).
+    assert!(
+        early.is_err(),
+        "the fifth connection was served while four were held"
+    );
+    held.pop();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut out))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    let response = String::from_utf8_lossy(&out);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
