@@ -8,6 +8,8 @@
 //! - [`endpoint`]: an endpoint and the immutable [`EndpointSet`] requests read.
 //! - [`selection`]: round robin with one position shared by all workers, swapped whole.
 //! - [`proxy`]: the forwarding path and the errors the balancer answers itself (502/503/504).
+//! - [`screen`]: refuses requests an endpoint could read differently from the balancer
+//!   (CONNECT, Host confusion, `_` aliases of framing headers) before they are forwarded.
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
 //!
 //! # A request's path
@@ -31,6 +33,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod proxy;
 pub mod retry;
+pub mod screen;
 pub mod selection;
 pub mod server;
 

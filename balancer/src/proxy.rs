@@ -27,6 +27,7 @@ use smallvec::SmallVec;
 use crate::endpoint::{Endpoint, InFlight};
 use crate::health;
 use crate::retry::{self, Failure};
+use crate::screen;
 use crate::selection::RoundRobin;
 
 /// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
@@ -83,6 +84,9 @@ pub enum ProxyError {
     /// The request cannot be forwarded in the form it came in.
     #[error("cannot forward this request: {0}")]
     Unforwardable(String),
+    /// [`crate::screen`] refused the request; the connection is closed after the answer.
+    #[error("request refused: {reason}")]
+    Rejected { status: StatusCode, reason: String },
 }
 
 /// awc's own words, except where they mislead: it reports a connection that closed before the
@@ -143,11 +147,17 @@ impl ResponseError for ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(_) | ProxyError::Unforwardable(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Rejected { status, .. } => *status,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ProxyError::Rejected { .. }) {
+            // As nginx after a 400: bytes after a refused head are never read as a request.
+            response.force_close();
+        }
+        response
             .content_type("text/plain; charset=utf-8")
             .body(format!("rondo: {self}\n"))
     }
@@ -190,6 +200,7 @@ pub async fn forward(
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, ProxyError> {
     let arrived = Instant::now();
+    screen::screen(&req).map_err(|r| logged(&req, r.into()))?;
     if !req.uri().path().starts_with('/') {
         // `OPTIONS *` (asterisk form) and the like: there is no path to send to an endpoint.
         return Err(logged(

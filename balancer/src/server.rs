@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::discovery::{Discovery, Resolve};
 use crate::health;
 use crate::proxy::{self, Forwarding};
+use crate::screen;
 use crate::selection::RoundRobin;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
@@ -110,6 +111,7 @@ pub async fn start<R: Resolve>(
             .app_data(web::Data::new(upstream_client(&client_config)))
             .default_service(web::to(proxy::forward))
     })
+    .on_connect(screen::on_connect)
     .workers(config.worker_count())
     .client_request_timeout(config.client_timeout)
     // actix counts whole seconds: round up, so 500ms still lets requests finish.
