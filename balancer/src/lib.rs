@@ -13,6 +13,8 @@
 //!   `Via`) and whose to trust, and the request id.
 //! - [`limits`]: what a client may send (URI, head and body size, body timeout) and the
 //!   status past each.
+//! - [`screen`]: refuses requests an endpoint could read differently from the balancer
+//!   (CONNECT, Host confusion, `_` aliases of framing headers) before they are forwarded.
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
 //!
 //! # A request's path
@@ -38,6 +40,7 @@ pub mod healthcheck;
 pub mod limits;
 pub mod proxy;
 pub mod retry;
+pub mod screen;
 pub mod selection;
 pub mod server;
 

@@ -33,6 +33,7 @@ use crate::headers::{self as hdr, ClientSide, ForwardingPolicy, X_REQUEST_ID};
 use crate::health;
 use crate::limits::{self, Exceeded, Fault, GuardedBody, Limits};
 use crate::retry::{self, Failure};
+use crate::screen;
 use crate::selection::RoundRobin;
 
 /// Set on responses that took more than one try, to the number of tries.
@@ -77,6 +78,9 @@ pub enum ProxyError {
     /// The request went past one of the client limits.
     #[error(transparent)]
     Limit(#[from] Exceeded),
+    /// [`crate::screen`] refused the request; the connection is closed after the answer.
+    #[error("request refused: {reason}")]
+    Rejected { status: StatusCode, reason: String },
 }
 
 /// awc's own words, except where they mislead: it reports a connection that closed before the
@@ -138,17 +142,19 @@ impl ResponseError for ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(_) | ProxyError::Unforwardable(_) => StatusCode::BAD_REQUEST,
             ProxyError::Limit(exceeded) => exceeded.status(),
+            ProxyError::Rejected { status, .. } => *status,
         }
     }
 }
 
 impl ProxyError {
     /// Whether the client connection closes after this answer: its request body was not read
-    /// to the end, so what follows on the connection is not a request.
+    /// to the end, or (a refused request) bytes after its head must never be read as a request,
+    /// as nginx does after a 400.
     fn closes_connection(&self) -> bool {
         match self {
             ProxyError::Limit(exceeded) => exceeded.closes_connection(),
-            ProxyError::ClientBody(_) => true,
+            ProxyError::ClientBody(_) | ProxyError::Rejected { .. } => true,
             _ => false,
         }
     }
@@ -213,6 +219,7 @@ async fn try_forward(
     id: &HeaderValue,
 ) -> Result<HttpResponse, ProxyError> {
     let arrived = Instant::now();
+    screen::screen(req)?;
     if !req.uri().path().starts_with('/') {
         // `OPTIONS *` (asterisk form) and the like: there is no path to send to an endpoint.
         return Err(ProxyError::Unforwardable(format!(

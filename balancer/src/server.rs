@@ -19,6 +19,7 @@ use crate::discovery::{Discovery, Resolve};
 use crate::headers::ForwardingPolicy;
 use crate::health;
 use crate::proxy::{self, Forwarding};
+use crate::screen;
 use crate::selection::RoundRobin;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
@@ -116,6 +117,7 @@ pub async fn start<R: Resolve>(
             .app_data(web::Data::new(upstream_client(&client_config)))
             .default_service(web::to(proxy::forward))
     })
+    .on_connect(screen::on_connect)
     .workers(config.worker_count())
     .max_connections(config.connections_per_worker())
     .client_request_timeout(config.client_timeout)
