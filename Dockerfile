@@ -24,6 +24,7 @@ WORKDIR /src
 #    The stub crates' own artifacts and fingerprints are dropped afterwards (cargo clean -p) so
 #    the real build below cannot mistake them for up to date.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor vendor
 COPY backend/Cargo.toml backend/Cargo.toml
 COPY balancer/Cargo.toml balancer/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml

@@ -784,8 +784,8 @@ async fn send(addr: std::net::SocketAddr, bytes: Vec<u8>) -> Exchange {
         .expect("the raw client thread")
 }
 
-/// Every corpus case gets its statuses, nothing ambiguous reaches the upstream, and a new
-/// client is served after each.
+/// Every corpus case gets its statuses (each refusal with its reason and request id), nothing
+/// ambiguous reaches the upstream, and a new client is served after each.
 #[actix_web::test]
 async fn hostile_requests_are_refused_or_normalized_and_never_smuggled() {
     let upstream = RecordingUpstream::start();
@@ -802,6 +802,16 @@ async fn hostile_requests_are_refused_or_normalized_and_never_smuggled() {
         let mut wrong = Vec::new();
         if got.statuses() != case.statuses {
             wrong.push(format!("statuses {:?}", got.statuses()));
+        }
+        // Every refusal, the parser's or the balancer's, says why and gives the request id.
+        for refusal in got.responses.iter().filter(|r| r.status >= 400) {
+            let body = String::from_utf8_lossy(&refusal.body);
+            if !(body.starts_with("rondo: ") && body.contains("request id: ")) {
+                wrong.push(format!(
+                    "a {} without reason and id: {body:?}",
+                    refusal.status
+                ));
+            }
         }
         if !got.closed || !got.rest.is_empty() {
             wrong.push(format!(

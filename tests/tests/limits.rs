@@ -129,6 +129,8 @@ async fn stalled_clients_get_408() {
 
     let response = raw_exchange(lb.addrs()[0], "GET / HTTP/1.1\r\nHost: x\r\n").await;
     assert_eq!(status_of(&response), "408", "{response}");
+    assert!(response.contains("RONDO_CLIENT_TIMEOUT"), "{response}");
+    assert!(response.contains("request id: "), "{response}");
 }
 
 /// 1,000 slowloris connections (a head sent a byte at a time) do not stop 100 ordinary
