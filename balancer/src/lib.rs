@@ -8,6 +8,8 @@
 //! - [`endpoint`]: an endpoint and the immutable [`EndpointSet`] requests read.
 //! - [`selection`]: round robin with one position shared by all workers, swapped whole.
 //! - [`proxy`]: the forwarding path and the errors the balancer answers itself (502/503/504).
+//! - [`websocket`]: WebSocket upgrades: the handshake with an endpoint, then frames relayed
+//!   both ways (`proxy::forward` hands upgrades to it first thing).
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
 //!
 //! # A request's path
@@ -33,6 +35,7 @@ pub mod proxy;
 pub mod retry;
 pub mod selection;
 pub mod server;
+pub mod websocket;
 
 pub use config::Config;
 pub use server::{start, Running};

@@ -28,6 +28,7 @@ use crate::endpoint::{Endpoint, InFlight};
 use crate::health;
 use crate::retry::{self, Failure};
 use crate::selection::RoundRobin;
+use crate::websocket;
 
 /// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
 /// non-standard `Keep-Alive` and `Proxy-Connection`.
@@ -76,6 +77,13 @@ pub enum ProxyError {
         upstream: String,
         tries: u32,
         source: SendRequestError,
+    },
+    /// The endpoint's answer to a WebSocket upgrade was no valid handshake.
+    #[error("{endpoint} ({upstream}) answered the WebSocket upgrade wrongly: {reason}")]
+    BadUpgrade {
+        endpoint: SocketAddr,
+        upstream: String,
+        reason: String,
     },
     /// The client's request body could not be read.
     #[error("could not read the request body: {0}")]
@@ -140,7 +148,9 @@ impl ResponseError for ProxyError {
     fn status_code(&self) -> StatusCode {
         match self {
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(_) | ProxyError::Unforwardable(_) => StatusCode::BAD_REQUEST,
         }
@@ -189,6 +199,9 @@ pub async fn forward(
     forwarding: web::Data<Forwarding>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, ProxyError> {
+    if websocket::is_upgrade(&req) {
+        return websocket::forward(req, payload, forwarding, client).await;
+    }
     let arrived = Instant::now();
     if !req.uri().path().starts_with('/') {
         // `OPTIONS *` (asterisk form) and the like: there is no path to send to an endpoint.
@@ -258,7 +271,7 @@ pub async fn forward(
 }
 
 /// Logs an answer the balancer makes itself, with the request, status and reason.
-fn logged(req: &HttpRequest, err: ProxyError) -> ProxyError {
+pub(crate) fn logged(req: &HttpRequest, err: ProxyError) -> ProxyError {
     warn!(
         "{} {}: {} {err}",
         req.method(),
@@ -422,7 +435,7 @@ pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// Appends the client's address to `X-Forwarded-For` (one comma-separated header, as nginx's
 /// `$proxy_add_x_forwarded_for`), and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-fn add_forwarded(req: &HttpRequest, headers: &mut HeaderMap) {
+pub(crate) fn add_forwarded(req: &HttpRequest, headers: &mut HeaderMap) {
     let peer = req.peer_addr().map(|a| a.ip().to_string());
     let mut chain: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)

@@ -19,6 +19,7 @@ use crate::discovery::{Discovery, Resolve};
 use crate::health;
 use crate::proxy::{self, Forwarding};
 use crate::selection::RoundRobin;
+use crate::websocket;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
 pub struct Running {
@@ -162,7 +163,8 @@ async fn await_first_probes(selector: &RoundRobin, probe_timeout: std::time::Dur
 
 /// The awc client of one worker: keep-alive pool to endpoints with no limit on connections
 /// checked out (awc's default of 100 queues requests), no redirects followed, no
-/// decompression (awc is built without it), no default `User-Agent` added.
+/// decompression (awc is built without it), no default `User-Agent` added; an endpoint's
+/// refusal of a WebSocket upgrade is kept whole ([`websocket::KeepRefusedUpgrades`]).
 fn upstream_client(config: &Config) -> Client {
     let connector = Connector::new()
         .limit(0)
@@ -173,5 +175,6 @@ fn upstream_client(config: &Config) -> Client {
         .timeout(config.response_timeout)
         .disable_redirects()
         .no_default_headers()
+        .wrap(websocket::KeepRefusedUpgrades)
         .finish()
 }
