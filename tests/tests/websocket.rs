@@ -131,6 +131,27 @@ async fn text_and_binary_messages_are_echoed() {
     );
 }
 
+/// A message sent in fragments (continuation frames) comes back whole, relayed frame by frame
+/// in both directions.
+#[actix_web::test]
+async fn fragmented_messages_are_relayed() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let b = start_backend("Server 1", "b1");
+    let lb = start_balancer(&passive_only(&[b.addr]), DnsResolver).await;
+    let (mut ws, _) = open(&ws_url(&lb, "/ws")).await;
+    let parts = [
+        ("hel", Data::Text, false),
+        ("lo, ", Data::Continue, false),
+        ("fragments", Data::Continue, true),
+    ];
+    for (part, data, last) in parts {
+        let frame = Frame::message(part.as_bytes().to_vec(), OpCode::Data(data), last);
+        ws.send(Message::Frame(frame)).await.unwrap();
+    }
+    assert_eq!(next(&mut ws).await, Some(Message::text("hello, fragments")));
+}
+
 /// A Ping from the client gets the endpoint's Pong with the same payload.
 #[actix_web::test]
 async fn ping_gets_the_endpoints_pong() {
