@@ -15,6 +15,10 @@
 //! - `/status/{code}` (any method): answers that status with no body. A test aid.
 //! - `GET /delay/{ms}`: waits `ms` milliseconds (at most a minute), then answers `$MESSAGE`.
 //!   A test aid.
+//! - `GET /ws`: a WebSocket echo (subprotocol `echo` when offered). Text, binary and continuation
+//!   frames come back unchanged, a Ping gets a Pong with its payload, and a Close gets a Close
+//!   with the same code and reason. The text message `close:CODE:REASON` makes the server close
+//!   first, with that code and reason. Frames up to [`MAX_WS_FRAME`] bytes. A test aid.
 
 use std::io;
 use std::net::TcpListener;
@@ -33,6 +37,9 @@ pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 
 /// Largest `n` that `/bytes/{n}` serves: 4 GiB.
 pub const MAX_BYTES: u64 = 4 << 30;
+
+/// The largest WebSocket frame `/ws` accepts: 16 MiB (actix-ws's default is 64 KiB).
+pub const MAX_WS_FRAME: usize = 16 << 20;
 
 /// What one backend instance says and who it says it is.
 #[derive(Debug, Clone)]
@@ -73,6 +80,7 @@ pub fn start(listener: TcpListener, settings: Settings) -> io::Result<Server> {
             .route("/bytes/{n}", web::get().to(bytes))
             .route("/delay/{ms}", web::get().to(delay))
             .route("/status/{code}", web::to(status))
+            .route("/ws", web::get().to(ws))
     })
     // Longer than any sane proxy's idle timeout, so the proxy closes idle connections first.
     .keep_alive(Duration::from_secs(75))
@@ -154,6 +162,44 @@ async fn delay(ms: web::Path<u64>, message: web::Data<String>) -> HttpResponse {
     let ms = ms.into_inner().min(60_000);
     actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
     index(message).await
+}
+
+async fn ws(req: HttpRequest, body: web::Payload) -> actix_web::Result<HttpResponse> {
+    let (response, session, messages) = actix_ws::handle_with_protocols(&req, body, &["echo"])?;
+    actix_web::rt::spawn(ws_echo(session, messages.max_frame_size(MAX_WS_FRAME)));
+    Ok(response)
+}
+
+/// Echoes until either side closes; see the crate doc for what each frame gets back.
+async fn ws_echo(mut session: actix_ws::Session, mut messages: actix_ws::MessageStream) {
+    use actix_ws::{CloseReason, Message};
+    while let Some(Ok(message)) = messages.recv().await {
+        let sent = match message {
+            Message::Text(text) => match server_close(&text) {
+                Some(reason) => return session.close(Some(reason)).await.unwrap_or(()),
+                None => session.text(text).await,
+            },
+            Message::Binary(bytes) => session.binary(bytes).await,
+            Message::Continuation(item) => session.continuation(item).await,
+            Message::Ping(bytes) => session.pong(&bytes).await,
+            Message::Pong(_) | Message::Nop => Ok(()),
+            Message::Close(reason) => return session.close(reason).await.unwrap_or(()),
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+    // The client went away without a Close, or broke the protocol.
+    let _ = session.close(None::<CloseReason>).await;
+}
+
+/// The close that `close:CODE:REASON` asks the server to start, if `text` is one.
+fn server_close(text: &str) -> Option<actix_ws::CloseReason> {
+    let (code, reason) = text.strip_prefix("close:")?.split_once(':')?;
+    Some(actix_ws::CloseReason {
+        code: code.parse::<u16>().ok()?.into(),
+        description: Some(reason.to_string()).filter(|r| !r.is_empty()),
+    })
 }
 
 /// Whether `GET /health` on `127.0.0.1:port` answers 200 within `timeout`.

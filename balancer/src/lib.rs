@@ -15,6 +15,8 @@
 //!   status past each.
 //! - [`screen`]: refuses requests an endpoint could read differently from the balancer
 //!   (CONNECT, Host confusion, `_` aliases of framing headers) before they are forwarded.
+//! - [`websocket`]: WebSocket upgrades: the handshake with an endpoint, then frames relayed
+//!   both ways (`proxy::forward` hands upgrades to it once they passed the screen and the head limits).
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
 //!
 //! # A request's path
@@ -43,6 +45,7 @@ pub mod retry;
 pub mod screen;
 pub mod selection;
 pub mod server;
+pub mod websocket;
 
 pub use config::Config;
 pub use server::{start, Running};

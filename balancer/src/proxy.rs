@@ -35,6 +35,7 @@ use crate::limits::{self, Exceeded, Fault, GuardedBody, Limits};
 use crate::retry::{self, Failure};
 use crate::screen;
 use crate::selection::RoundRobin;
+use crate::websocket;
 
 /// Set on responses that took more than one try, to the number of tries.
 pub const X_RONDO_TRIES: HeaderName = HeaderName::from_static("x-rondo-tries");
@@ -68,6 +69,13 @@ pub enum ProxyError {
         upstream: String,
         tries: u32,
         source: SendRequestError,
+    },
+    /// The endpoint's answer to a WebSocket upgrade was no valid handshake.
+    #[error("{endpoint} ({upstream}) answered the WebSocket upgrade wrongly: {reason}")]
+    BadUpgrade {
+        endpoint: SocketAddr,
+        upstream: String,
+        reason: String,
     },
     /// The client's request body could not be read.
     #[error("could not read the request body: {0}")]
@@ -138,7 +146,9 @@ impl ResponseError for ProxyError {
     fn status_code(&self) -> StatusCode {
         match self {
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(_) | ProxyError::Unforwardable(_) => StatusCode::BAD_REQUEST,
             ProxyError::Limit(exceeded) => exceeded.status(),
@@ -174,6 +184,23 @@ pub struct Forwarding {
     pub limits: Limits,
     /// Whose forwarding headers to believe, and whether to add `Forwarded`.
     pub forwarding_headers: ForwardingPolicy,
+}
+
+impl Forwarding {
+    /// The forwarding settings of `config`, selecting through `selector`.
+    pub fn new(config: &crate::Config, selector: Arc<RoundRobin>) -> Forwarding {
+        Forwarding {
+            selector,
+            tries: config.tries,
+            retry_timeout: config.retry_timeout,
+            retry_body_limit: config.retry_body_limit,
+            limits: config.limits(),
+            forwarding_headers: ForwardingPolicy {
+                trusted: config.trusted_proxies.clone(),
+                forwarded: config.forwarded,
+            },
+        }
+    }
 }
 
 /// A request body as it will be sent: held in memory (and so sendable again) or streamed.
@@ -228,20 +255,15 @@ async fn try_forward(
         )));
     }
     limits::check_head(req, &forwarding.limits)?;
+    if websocket::is_upgrade(req) {
+        return websocket::forward(req, payload, forwarding, client, id).await;
+    }
     let (mut body, fault) = read_body(payload, req.headers(), forwarding).await?;
     let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
     let mut last_error = None;
     loop {
         let Some(pick) = forwarding.selector.select(&tried) else {
-            // Every endpoint was tried: answer with the last failure.
-            return Err(last_error.unwrap_or_else(|| ProxyError::NoEndpoints {
-                upstreams: forwarding
-                    .selector
-                    .load()
-                    .set()
-                    .without_endpoints()
-                    .to_vec(),
-            }));
+            return Err(nothing_left(forwarding, last_error));
         };
         let endpoint = pick.endpoint;
         tried.push(endpoint.clone());
@@ -250,9 +272,7 @@ async fn try_forward(
         let sent = send(client, req, forwarding, id, &endpoint, &mut body).await;
         let res = match sent {
             Ok(res) => {
-                if let Some(flip) = endpoint.report_success() {
-                    health::log_flip(&endpoint, "passive", &flip);
-                }
+                succeeded(&endpoint);
                 res
             }
             Err(err) => {
@@ -260,35 +280,99 @@ async fn try_forward(
                     // The client's body went past a limit while it streamed to the endpoint.
                     return Err(exceeded.into());
                 }
-                let failure = Failure::of(&err);
-                if failure.counts_against_endpoint() {
-                    let reason = err.to_string();
-                    if let Some(flip) =
-                        endpoint.report_failure(forwarding.selector.passive_policy(), &reason)
-                    {
-                        health::log_flip(&endpoint, "passive", &flip);
-                    }
-                }
                 let tries = tried.len() as u32;
-                let again = tries < forwarding.tries
-                    && (forwarding.retry_timeout.is_zero()
-                        || arrived.elapsed() < forwarding.retry_timeout)
-                    && retry::may_retry(req.method(), failure, body.replayable());
-                let err = ProxyError::from_send(&endpoint, tries, err);
-                if again {
-                    warn!(
-                        "{} {} (request {}): try {tries} failed, trying another endpoint: {err}",
-                        req.method(),
-                        req.uri(),
-                        id.to_str().unwrap_or("-"),
-                    );
-                    last_error = Some(err);
-                    continue;
-                }
-                return Err(err);
+                let again = failed_try(
+                    forwarding,
+                    req,
+                    id,
+                    &endpoint,
+                    tries,
+                    arrived,
+                    body.replayable(),
+                    err,
+                )?;
+                last_error = Some(again);
+                continue;
             }
         };
         return Ok(relay(res, in_flight, tried.len()));
+    }
+}
+
+/// The headers of the request to the endpoint, on top of the client's end-to-end ones: the
+/// forwarding headers and `Via` ([`ForwardingPolicy::apply`]) and the request id.
+pub(crate) fn upstream_headers(
+    req: &HttpRequest,
+    forwarding: &Forwarding,
+    id: &HeaderValue,
+    headers: &mut HeaderMap,
+) {
+    forwarding.forwarding_headers.apply(
+        ClientSide {
+            peer: req.peer_addr().map(|a| a.ip()),
+            host: req.headers().get(header::HOST),
+            version: req.version(),
+        },
+        headers,
+    );
+    headers.insert(X_REQUEST_ID, id.clone());
+}
+
+/// The answer when selection has nothing left to try: the last failure, or 503 when there was
+/// no endpoint at all.
+pub(crate) fn nothing_left(forwarding: &Forwarding, last_error: Option<ProxyError>) -> ProxyError {
+    last_error.unwrap_or_else(|| ProxyError::NoEndpoints {
+        upstreams: forwarding
+            .selector
+            .load()
+            .set()
+            .without_endpoints()
+            .to_vec(),
+    })
+}
+
+/// After try number `tries` of `req` failed on `endpoint` with `err`: counts the failure
+/// against the endpoint where it says something about it (passive health), then decides.
+/// `Ok(err)`: another endpoint may be tried (`err` is kept as the last failure, and logged);
+/// `Err(err)`: answer the client with it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn failed_try(
+    forwarding: &Forwarding,
+    req: &HttpRequest,
+    id: &HeaderValue,
+    endpoint: &Endpoint,
+    tries: u32,
+    arrived: Instant,
+    replayable: bool,
+    err: SendRequestError,
+) -> Result<ProxyError, ProxyError> {
+    let failure = Failure::of(&err);
+    if failure.counts_against_endpoint() {
+        let reason = err.to_string();
+        if let Some(flip) = endpoint.report_failure(forwarding.selector.passive_policy(), &reason) {
+            health::log_flip(endpoint, "passive", &flip);
+        }
+    }
+    let again = tries < forwarding.tries
+        && (forwarding.retry_timeout.is_zero() || arrived.elapsed() < forwarding.retry_timeout)
+        && retry::may_retry(req.method(), failure, replayable);
+    let err = ProxyError::from_send(endpoint, tries, err);
+    if !again {
+        return Err(err);
+    }
+    warn!(
+        "{} {} (request {}): try {tries} failed, trying another endpoint: {err}",
+        req.method(),
+        req.uri(),
+        id.to_str().unwrap_or("-"),
+    );
+    Ok(err)
+}
+
+/// Reports a good answer from `endpoint` to its passive health, logging a flip.
+pub(crate) fn succeeded(endpoint: &Endpoint) {
+    if let Some(flip) = endpoint.report_success() {
+        health::log_flip(endpoint, "passive", &flip);
     }
 }
 
@@ -373,15 +457,7 @@ async fn send(
     // The balancer answers `Expect: 100-continue` itself (actix-web does when the body is
     // first read), as nginx does; passing it on would cost the endpoint a round trip more.
     headers.remove(header::EXPECT);
-    forwarding.forwarding_headers.apply(
-        ClientSide {
-            peer: req.peer_addr().map(|a| a.ip()),
-            host: req.headers().get(header::HOST),
-            version: req.version(),
-        },
-        headers,
-    );
-    headers.insert(X_REQUEST_ID, id.clone());
+    upstream_headers(req, forwarding, id, headers);
     match body {
         RequestBody::None => upstream_req.send().await,
         RequestBody::Held(bytes) => upstream_req.send_body(bytes.clone()).await,

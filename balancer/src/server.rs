@@ -16,11 +16,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::discovery::{Discovery, Resolve};
-use crate::headers::ForwardingPolicy;
 use crate::health;
 use crate::proxy::{self, Forwarding};
 use crate::screen;
 use crate::selection::RoundRobin;
+use crate::websocket;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
 pub struct Running {
@@ -99,17 +99,7 @@ pub async fn start<R: Resolve>(
         None
     };
 
-    let forwarding = web::Data::new(Forwarding {
-        selector: selector.clone(),
-        tries: config.tries,
-        retry_timeout: config.retry_timeout,
-        retry_body_limit: config.retry_body_limit,
-        limits: config.limits(),
-        forwarding_headers: ForwardingPolicy {
-            trusted: config.trusted_proxies.clone(),
-            forwarded: config.forwarded,
-        },
-    });
+    let forwarding = web::Data::new(Forwarding::new(config, selector.clone()));
     let client_config = config.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -171,7 +161,8 @@ async fn await_first_probes(selector: &RoundRobin, probe_timeout: std::time::Dur
 
 /// The awc client of one worker: keep-alive pool to endpoints with no limit on connections
 /// checked out (awc's default of 100 queues requests), no redirects followed, no
-/// decompression (awc is built without it), no default `User-Agent` added.
+/// decompression (awc is built without it), no default `User-Agent` added; an endpoint's
+/// refusal of a WebSocket upgrade is kept whole ([`websocket::KeepRefusedUpgrades`]).
 fn upstream_client(config: &Config) -> Client {
     let connector = Connector::new()
         .limit(0)
@@ -182,5 +173,6 @@ fn upstream_client(config: &Config) -> Client {
         .timeout(config.response_timeout)
         .disable_redirects()
         .no_default_headers()
+        .wrap(websocket::KeepRefusedUpgrades)
         .finish()
 }

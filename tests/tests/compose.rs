@@ -1,5 +1,5 @@
 //! The Compose deployment as users run it: `docker compose up`, then requests to the published
-//! port on 127.0.0.1, then `--scale server2=3` and back to 1.
+//! port on 127.0.0.1 (plain requests and a WebSocket), then `--scale server2=3` and back to 1.
 //!
 //! Needs a Docker engine with Compose v2 and the images' base images (see `scripts/`); fails,
 //! never skips, when Docker is missing. The project gets its own name and a free port, and is
@@ -10,7 +10,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use rondo_tests::compose::Project;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 
 /// One `GET /` on 127.0.0.1:port over a fresh connection: (status, X-Served-By, body).
 fn get(port: u16) -> (u16, String, String) {
@@ -84,6 +88,42 @@ fn assert_cycles(port: u16, window: usize, n: usize) -> HashSet<String> {
     answers.into_iter().map(|a| a.1).collect()
 }
 
+/// A WebSocket to `ws://127.0.0.1:port/ws`: a text message echoed, then a Close answered with
+/// the same code and reason. Returns the `X-Served-By` of the 101 response.
+fn websocket_exchange(port: u16) -> String {
+    let step = Duration::from_secs(10);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}/ws");
+        let (mut ws, res) = tokio::time::timeout(step, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("a WebSocket handshake in time")
+            .expect("a WebSocket through the published port");
+        ws.send(Message::text("hello through compose"))
+            .await
+            .unwrap();
+        let echo = tokio::time::timeout(step, ws.next()).await.unwrap();
+        assert_eq!(
+            echo.unwrap().unwrap(),
+            Message::text("hello through compose")
+        );
+        let bye = Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }));
+        ws.send(bye.clone()).await.unwrap();
+        let answer = tokio::time::timeout(step, ws.next()).await.unwrap();
+        assert_eq!(answer.unwrap().unwrap(), bye);
+        res.headers()
+            .get("x-served-by")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    })
+}
+
 /// `docker compose up -d --scale server2=N`, leaving the other services as they are.
 fn scale_server2(project: &Project, replicas: u32) {
     project.compose(&[
@@ -96,8 +136,8 @@ fn scale_server2(project: &Project, replicas: u32) {
     ]);
 }
 
-/// `docker compose up`: 30 requests show Server 1, 2, 3 in order; `--scale server2=3` brings
-/// 5 replicas into each cycle within 2 s; scaling back to 1 leaves 3.
+/// `docker compose up`: 30 requests show Server 1, 2, 3 in order; a WebSocket echoes and closes;
+/// `--scale server2=3` brings 5 replicas into each cycle within 2 s; scaling back to 1 leaves 3.
 #[test]
 fn compose_deployment_round_robins_and_follows_scaling() {
     let project = Project::new();
@@ -108,6 +148,13 @@ fn compose_deployment_round_robins_and_follows_scaling() {
     let bodies: Vec<String> = (0..30).map(|_| get(port).2).collect();
     let expected: Vec<String> = (0..30).map(|i| format!("Server {}", i % 3 + 1)).collect();
     assert_eq!(bodies, expected, "30 requests to the published port");
+
+    let served_by = websocket_exchange(port);
+    assert!(
+        !served_by.is_empty(),
+        "the WebSocket's 101 names its replica"
+    );
+    eprintln!("WebSocket echo and close through the published port, served by {served_by}");
 
     scale_server2(&project, 3);
     let took = until_cycle_of(port, 5, Duration::from_secs(2));

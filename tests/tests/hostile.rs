@@ -345,8 +345,14 @@ fn corpus() -> Vec<Case> {
             .into_iter()
             .chain(SMUGGLED.bytes())
             .collect::<Vec<u8>>(),
+            // A WebSocket upgrade gets a handshake of the balancer's own making (its own key);
+            // the endpoint here refuses it with a 200, which is relayed, and the bytes after
+            // the client's head never reach the endpoint.
             &[200],
-            |r| matches!(r, [g] if g.header_values("upgrade").is_empty() && g.body.is_empty()),
+            |r| {
+                matches!(r, [g] if g.body.is_empty()
+                    && g.header_values("sec-websocket-key") != [b"dGhlIHNhbXBsZSBub25jZQ==".to_vec()])
+            },
         ),
         case(
             "h2c upgrade",
