@@ -46,18 +46,20 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// fixed list and every header the message's `Connection` header names) and the framing
 /// (`Content-Length`, set again from the body) stay behind.
 pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    // Read `Connection` once per message, not once per header.
-    let named: SmallVec<[&str; 4]> = from
+    // Read `Connection` once per message, not once per header; as bytes, so a value with a
+    // non-ASCII byte still names its other tokens.
+    let named: SmallVec<[&[u8]; 4]> = from
         .get_all(header::CONNECTION)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
         .collect();
     for (name, value) in from.iter() {
         let hop_by_hop = HOP_BY_HOP.contains(name)
             || *name == header::CONTENT_LENGTH
-            || named.iter().any(|t| name.as_str().eq_ignore_ascii_case(t));
+            || named
+                .iter()
+                .any(|t| name.as_str().as_bytes().eq_ignore_ascii_case(t));
         if !hop_by_hop {
             to.append(name.clone(), value.clone());
         }
@@ -343,6 +345,20 @@ mod tests {
         assert_eq!(cookies, vec!["a=1", "b=2"]);
     }
 
+    /// A `Connection` value with a non-ASCII byte still takes the headers it names along.
+    #[test]
+    fn connection_with_non_ascii_bytes_still_names_headers() {
+        let mut from = map(&[("x-secret", "1"), ("x-kept", "2")]);
+        from.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, \xe9t\xe9").unwrap(),
+        );
+        let mut to = HeaderMap::new();
+        copy_end_to_end(&from, &mut to);
+        assert!(to.get("x-secret").is_none());
+        assert_eq!(get(&to, "x-kept"), Some("2"));
+    }
+
     /// From an untrusted client every forwarding header it sent is replaced by the balancer's.
     #[test]
     fn untrusted_clients_forwarding_headers_are_replaced() {
@@ -387,6 +403,15 @@ mod tests {
             Some("for=203.0.113.9;proto=https, for=10.9.8.7;host=shop.example;proto=http")
         );
         assert_eq!(get(&h, "via"), Some("1.1 edge, 1.1 rondo"));
+    }
+
+    /// Without a `Host`, an untrusted client's `X-Forwarded-Host` is dropped, not kept.
+    #[test]
+    fn no_host_drops_the_clients_forwarded_host() {
+        let mut h = map(&[("x-forwarded-host", "evil.example")]);
+        policy("", false).apply(client("192.0.2.7", None), &mut h);
+        assert_eq!(get(&h, "x-forwarded-host"), None);
+        assert_eq!(get(&h, "x-forwarded-port"), Some("80"));
     }
 
     /// `Forwarded` quotes IPv6 addresses and hosts with a port, as RFC 7239 §6 requires.
