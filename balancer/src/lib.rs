@@ -9,6 +9,8 @@
 //! - [`selection`]: round robin with one position shared by all workers, swapped whole.
 //! - [`proxy`]: the forwarding path and the errors the balancer answers itself (502/503/504).
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
+//! - `fuzzing` (hidden): fuzz entry points over the header handling and config parsers, kept
+//!   here so crashes `cargo fuzz` finds (`scripts/fuzz`) replay in `cargo test`.
 //!
 //! # A request's path
 //! ```text
@@ -27,6 +29,8 @@
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod healthcheck;
 pub mod proxy;

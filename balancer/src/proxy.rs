@@ -381,7 +381,7 @@ impl<S: Stream + Unpin> Stream for Counted<S> {
 }
 
 /// The request's `Content-Length`, when it has exactly one valid one.
-fn request_body_length(headers: &HeaderMap) -> Option<u64> {
+pub fn request_body_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(header::CONTENT_LENGTH);
     let first = values.next()?;
     if values.next().is_some() {
@@ -391,7 +391,7 @@ fn request_body_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The response's `Content-Length`, unless it is also chunked (then the length is ignored).
-fn response_body_length(headers: &HeaderMap) -> Option<u64> {
+pub fn response_body_length(headers: &HeaderMap) -> Option<u64> {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return None;
     }
@@ -422,7 +422,7 @@ pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// Appends the client's address to `X-Forwarded-For` (one comma-separated header, as nginx's
 /// `$proxy_add_x_forwarded_for`), and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-fn add_forwarded(req: &HttpRequest, headers: &mut HeaderMap) {
+pub fn add_forwarded(req: &HttpRequest, headers: &mut HeaderMap) {
     let peer = req.peer_addr().map(|a| a.ip().to_string());
     let mut chain: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
