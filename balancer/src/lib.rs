@@ -18,6 +18,8 @@
 //! - [`websocket`]: WebSocket upgrades: the handshake with an endpoint, then frames relayed
 //!   both ways (`proxy::forward` hands upgrades to it once they passed the screen and the head limits).
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
+//! - `fuzzing` (hidden): fuzz entry points over the header handling and config parsers, kept
+//!   here so crashes `cargo fuzz` finds (`scripts/fuzz`) replay in `cargo test`.
 //!
 //! # A request's path
 //! ```text
@@ -36,6 +38,8 @@
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod health;
 pub mod healthcheck;

@@ -520,7 +520,7 @@ impl<S: Stream + Unpin> Stream for Counted<S> {
 }
 
 /// The response's `Content-Length`, unless it is also chunked (then the length is ignored).
-fn response_body_length(headers: &HeaderMap) -> Option<u64> {
+pub fn response_body_length(headers: &HeaderMap) -> Option<u64> {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return None;
     }
