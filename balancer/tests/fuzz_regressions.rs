@@ -59,8 +59,7 @@ fn config_values_inputs_replay() {
     replay("config_values", balancer::fuzzing::config_values);
 }
 
-/// A `Connection` header holding a byte that is not visible ASCII still takes the headers it
-/// names out of the copy (fuzz/regressions/request_head/connection-obs-text).
+/// A `Connection` header with a non-ASCII byte still keeps the headers it names from the copy.
 #[test]
 #[ignore = "known gap: copy_end_to_end skips a Connection header that is not visible ASCII"]
 fn non_ascii_connection_header_still_names_hop_by_hop_headers() {
@@ -79,8 +78,7 @@ fn non_ascii_connection_header_still_names_hop_by_hop_headers() {
     assert!(!to.contains_key("x-secret"), "{to:?}");
 }
 
-/// A request without `Host` reaches the endpoint without the `X-Forwarded-Host` the client
-/// sent (fuzz/regressions/request_head/x-forwarded-host-without-host).
+/// A request without `Host` does not pass on the `X-Forwarded-Host` its client sent.
 #[test]
 #[ignore = "known gap: add_forwarded keeps a client's X-Forwarded-Host when there is no Host"]
 fn client_x_forwarded_host_is_not_passed_on_without_host() {
