@@ -3,6 +3,8 @@
 //! Tests run inside `#[actix_web::test]`; every server started here stops when the test's
 //! runtime ends.
 //!
+//! - [`browser`]: headless Chromium for page tests (`tests/status_page.rs`): load a page for a
+//!   few seconds of virtual time, read the DOM its script left, take a screenshot.
 //! - [`compose`]: compose projects of this repository (unique name, free port, torn down on drop)
 //!   and the collection of their containers' logs.
 //! - [`faulty`]: endpoints that refuse, reset, hang or die mid-response, and a backend whose
@@ -11,6 +13,7 @@
 //! - [`raw`]: HTTP/1.1 at the byte level for the hostile-input corpus (`tests/hostile.rs`): an
 //!   upstream that records the exact bytes it receives, a strict request parser, a raw client.
 
+pub mod browser;
 pub mod compose;
 pub mod faulty;
 pub mod load;

@@ -1,31 +1,109 @@
 //! The admin listener's live status page (`GET /`, `balancer/src/status_page.html`) in headless
-//! Chromium: it lists every endpoint under its upstream, follows the counters, shows when the
-//! balancer cannot be reached and recovers, and loads nothing from outside.
-//!
-//! Each Chromium run is one process group, bounded by [`CHROMIUM_TIMEOUT`] and killed at the
-//! end whatever happens. `--virtual-time-budget` lets the page's one-second poll run a few times
-//! without waiting for the wall clock; `--dump-dom` then prints the page as its script left it.
-//! Chromium is needed (`scripts/ensure-test-tools` installs Debian's): without it these tests
-//! fail, in CI and outside.
+//! Chromium ([`rondo_tests::browser`]): it lists every endpoint under its upstream, follows the
+//! counters, shows when the balancer cannot be reached and recovers, and loads nothing from
+//! outside. The page's contract for readers is in the comment at its top.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use balancer::discovery::StaticResolver;
+use rondo_tests::browser::{attr, load_page, tag_with};
+use rondo_tests::*;
+use serde_json::Value;
 
 /// The page as the admin listener serves it.
 const PAGE: &str = include_str!("../../balancer/src/status_page.html");
 
-/// The longest one Chromium run may take; each takes about 3 to 5 s here.
-const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(25);
+/// Virtual time for one page load: polls at 0, 1 and 2 s, so `/status` is fetched three times.
+const THREE_POLLS_MS: u32 = 2500;
 
-/// While `/status` fails the page says it cannot reach the balancer, and it recovers by itself
-/// once `/status` answers again; text from `/status` is shown as text, never as markup.
+/// Every endpoint shows up under its upstream with its health, and 60 requests sent between two
+/// page loads raise the page's counters by exactly 60 (20 per endpoint).
+#[actix_web::test]
+async fn the_page_lists_endpoints_by_upstream_and_follows_the_counters() {
+    let backends: Vec<_> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| start_backend_on(&format!("{ip}:0"), "hello", &format!("b{i}")))
+        .collect();
+    // Two upstreams: "pair" resolves to the first two backends, "solo" to the third.
+    let resolver = StaticResolver::new();
+    resolver.set("pair", vec![backends[0].addr, backends[1].addr]);
+    resolver.set("solo", vec![backends[2].addr]);
+    let groups = [
+        ("pair:8080", vec![backends[0].addr, backends[1].addr]),
+        ("solo:8080", vec![backends[2].addr]),
+    ];
+    let lb = start_balancer(
+        &config_for(&["pair:8080".into(), "solo:8080".into()]),
+        resolver,
+    )
+    .await;
+    let admin = lb.admin_addrs()[0];
+    let page_url = format!("http://{admin}/");
+    let client = client();
+
+    let before = load_page(&page_url, THREE_POLLS_MS, None).await;
+    assert_polled(&before, 2);
+    let status = status_json(&client, admin).await;
+    for (upstream, addrs) in &groups {
+        let section = upstream_section(&before, upstream)
+            .unwrap_or_else(|| panic!("no section for upstream {upstream}:\n{before}"));
+        for addr in addrs {
+            let addr = addr.to_string();
+            assert!(
+                section.contains(&format!("data-endpoint=\"{addr}\"")),
+                "{addr} is not listed under {upstream}"
+            );
+            let health = endpoint_field(&before, &addr, "health");
+            assert_eq!(health, json_health(&status, &addr), "the health of {addr}");
+            assert!(
+                row_of(&before, &addr).contains(&format!("health-{health}")),
+                "the health of {addr} is not coloured"
+            );
+        }
+    }
+
+    for _ in 0..60 {
+        let (code, _, _) = get(&client, &url_of(&lb, "/")).await;
+        assert_eq!(code, 200);
+    }
+
+    let shot = screenshot_path();
+    let after = load_page(&page_url, THREE_POLLS_MS, Some(&shot)).await;
+    assert_polled(&after, 2);
+    let rise = |field: &str| total(&after, field) - total(&before, field);
+    assert_eq!(rise("requests"), 60, "totals.requests");
+    assert_eq!(rise("2xx"), 60, "totals.by_class.2xx");
+    for backend in &backends {
+        let addr = backend.addr.to_string();
+        let count = |dom: &str| -> i64 { endpoint_field(dom, &addr, "requests").parse().unwrap() };
+        assert_eq!(
+            count(&after) - count(&before),
+            20,
+            "requests sent to {addr}"
+        );
+    }
+
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    println!("status page screenshot: {}", shot.display());
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is a PNG",
+        shot.display()
+    );
+    assert!(
+        png.len() > 10_000,
+        "the screenshot has content ({} bytes)",
+        png.len()
+    );
+}
+
+/// While `/status` fails the page says it cannot reach the balancer, it recovers by itself once
+/// `/status` answers again, and an error's reason is shown as text, never as markup.
 #[actix_web::test]
 async fn the_page_shows_an_unreachable_balancer_and_recovers() {
     let failures_left = Arc::new(AtomicUsize::new(usize::MAX));
@@ -53,8 +131,8 @@ async fn the_page_shows_an_unreachable_balancer_and_recovers() {
         "reset <b>by</b> peer"
     );
     assert!(
-        row_of(&back, "10.0.0.1:80").contains(">reset &lt;b&gt;by&lt;/b&gt; peer ("),
-        "the error reason is shown as text"
+        row_of(&back, "10.0.0.1:80").contains(">reset &lt;b&gt;by&lt;/b&gt; peer (2s ago)<"),
+        "the error reason is shown as text, with its age in the balancer's clock"
     );
 }
 
@@ -87,115 +165,12 @@ fn the_page_references_nothing_outside_itself() {
     }
 }
 
-// ---- Chromium ----
-
-/// Loads `url` in headless Chromium for `budget_ms` of virtual time and returns the DOM as the
-/// page's script left it; with `screenshot`, also saves a 1280×900 PNG there.
-async fn load_page(url: &str, budget_ms: u32, screenshot: Option<&Path>) -> String {
-    let url = url.to_string();
-    let screenshot = screenshot.map(Path::to_path_buf);
-    actix_web::rt::task::spawn_blocking(move || run_chromium(&url, budget_ms, screenshot))
-        .await
-        .expect("the Chromium run panicked")
-}
-
-fn run_chromium(url: &str, budget_ms: u32, screenshot: Option<PathBuf>) -> String {
-    let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    let work = scratch_dir();
-    let profile = work.join("profile");
-    std::fs::create_dir_all(&profile).unwrap();
-    let mut command = Command::new(&binary);
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1280,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--virtual-time-budget={budget_ms}"))
-        .arg("--dump-dom");
-    if let Some(path) = &screenshot {
-        command.arg(format!("--screenshot={}", path.display()));
-    }
-    let stdout = std::fs::File::create(work.join("stdout")).unwrap();
-    let stderr = std::fs::File::create(work.join("stderr")).unwrap();
-    command
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        // Its own process group, so the renderer and helpers are killed with it.
-        .process_group(0);
-    let started = Instant::now();
-    let child = command.spawn().unwrap_or_else(|e| {
-        panic!(
-            "cannot start {binary} ({e}): install Chromium with scripts/ensure-test-tools \
-             (Debian: apt-get install chromium) or point CHROMIUM at its binary"
-        )
-    });
-    let mut chromium = Group(child);
-    let status = loop {
-        if let Some(status) = chromium.0.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > CHROMIUM_TIMEOUT {
-            drop(chromium);
-            panic!(
-                "Chromium did not finish within {CHROMIUM_TIMEOUT:?}; its stderr:\n{}",
-                read_tail(&work.join("stderr"))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(chromium);
-    eprintln!("chromium loaded {url} in {:?}", started.elapsed());
-    let dom = std::fs::read_to_string(work.join("stdout")).unwrap();
-    assert!(
-        status.success() && dom.contains("</html>"),
-        "Chromium failed ({status}); its stderr:\n{}",
-        read_tail(&work.join("stderr"))
-    );
-    let _ = std::fs::remove_dir_all(&work);
-    dom
-}
-
-/// A Chromium process group, killed when dropped (also when a test panics).
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // The group id is the leader's pid; helpers that outlived the browser die with it.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A fresh directory under Cargo's scratch space for one Chromium run.
-fn scratch_dir() -> PathBuf {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "chromium-{}-{}",
-        std::process::id(),
-        RUNS.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn read_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+/// `target/status-page.png` (the target directory Cargo builds in).
+fn screenshot_path() -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+    let path = target.join("status-page.png");
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 // ---- The fake admin listener and /status ----
@@ -250,6 +225,29 @@ async fn fake_status(failures_left: web::Data<AtomicUsize>) -> HttpResponse {
     }))
 }
 
+/// `GET /status` of the real admin listener at `admin`.
+async fn status_json(client: &awc::Client, admin: SocketAddr) -> Value {
+    let mut res = client
+        .get(format!("http://{admin}/status"))
+        .send()
+        .await
+        .expect("GET /status");
+    assert_eq!(res.status().as_u16(), 200);
+    res.json::<Value>().limit(1 << 20).await.expect("JSON")
+}
+
+fn json_health(status: &Value, addr: &str) -> String {
+    status["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u["endpoints"].as_array().into_iter().flatten())
+        .find(|e| e["address"] == addr)
+        .and_then(|e| e["health"].as_str())
+        .unwrap_or_else(|| panic!("{addr} is not in /status: {status}"))
+        .to_string()
+}
+
 // ---- Reading the dumped DOM ----
 // The page's contract for readers: #status[data-state][data-polls][data-failures],
 // [data-total=NAME][data-value], section[data-upstream=NAME], tr[data-endpoint=ADDRESS] holding
@@ -273,6 +271,18 @@ fn root_attr(dom: &str, name: &str) -> String {
     attr(tag, name).unwrap_or_else(|| panic!("#status has no {name}: {tag}"))
 }
 
+fn total(dom: &str, name: &str) -> i64 {
+    let tag = tag_with(dom, "data-total", name).unwrap_or_else(|| panic!("no total {name}"));
+    attr(tag, "data-value").unwrap().parse().unwrap()
+}
+
+/// The markup of upstream `name`'s section, up to the next upstream's.
+fn upstream_section<'a>(dom: &'a str, name: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("data-upstream=\"{name}\""))?;
+    let rest = &dom[start + 1..];
+    Some(&dom[start..start + 1 + rest.find("data-upstream=\"").unwrap_or(rest.len())])
+}
+
 /// The markup of the row of endpoint `addr`.
 fn row_of<'a>(dom: &'a str, addr: &str) -> &'a str {
     let start = dom
@@ -288,28 +298,6 @@ fn endpoint_field(dom: &str, addr: &str, field: &str) -> String {
     let tag = tag_with(row, "data-field", field)
         .unwrap_or_else(|| panic!("the row of {addr} has no {field}: {row}"));
     attr(tag, "data-value").unwrap_or_else(|| panic!("{field} of {addr} has no value: {tag}"))
-}
-
-/// The start tag (`<...>`) holding `name="value"`.
-fn tag_with<'a>(dom: &'a str, name: &str, value: &str) -> Option<&'a str> {
-    let at = dom.find(&format!(" {name}=\"{value}\""))?;
-    let start = dom[..at].rfind('<')?;
-    let end = at + dom[at..].find('>')?;
-    Some(&dom[start..=end])
-}
-
-/// The value of attribute `name` in start tag `tag`, with HTML's escapes undone.
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let key = format!(" {name}=\"");
-    let start = tag.find(&key)? + key.len();
-    let end = start + tag[start..].find('"')?;
-    Some(
-        tag[start..end]
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&"),
-    )
 }
 
 /// Every address the page could load: values of src, href, action, url(), @import and fetch().
