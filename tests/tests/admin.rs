@@ -184,3 +184,28 @@ async fn the_status_page_is_served() {
     let body = res.body().await.unwrap();
     assert!(String::from_utf8_lossy(&body).contains("/status"));
 }
+
+/// A retry is counted when another try starts, not when no endpoint is left to try.
+#[actix_web::test]
+async fn retries_count_only_tries_that_happen() {
+    let refusing = rondo_tests::faulty::refusing_addr();
+    let mut config = config_for(&[refusing.to_string()]);
+    config.health_checks = false;
+    let alone = start_balancer(&config, DnsResolver).await;
+    let (status, _, _) = get(&client(), &url_of(&alone, "/")).await;
+    assert_eq!(status, 502);
+    assert_eq!(status_json_retries(&alone).await, 0);
+
+    let b = start_backend("Server 1", "b1");
+    let mut config = config_for(&[refusing.to_string(), b.addr.to_string()]);
+    config.health_checks = false;
+    let with_another = start_balancer(&config, DnsResolver).await;
+    let (status, _, _) = get(&client(), &url_of(&with_another, "/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(status_json_retries(&with_another).await, 1);
+}
+
+async fn status_json_retries(lb: &Running) -> u64 {
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    status(lb).await["totals"]["retries"].as_u64().unwrap()
+}
