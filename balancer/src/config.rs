@@ -163,6 +163,25 @@ pub struct Config {
         action = clap::ArgAction::Set, default_value = "off", value_parser = parse_switch, value_name = "on|off")]
     pub forwarded: bool,
 
+    /// Address of the admin listener (`/metrics`, `/status`, the status page, drain and
+    /// enable); `off` turns it off. Loopback by default: see RONDO_ADMIN_TOKEN.
+    #[arg(long, env = "RONDO_ADMIN_LISTEN", default_value = "127.0.0.1:9901", value_parser = parse_admin_listen, value_name = "ADDR:PORT|off")]
+    pub admin_listen: MaybeAddr,
+
+    /// When set, the admin listener's changes (drain, enable) need `Authorization: Bearer
+    /// <token>`; reading stays open.
+    #[arg(
+        long,
+        env = "RONDO_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// One line per request: `common` (text), `json`, or `off`.
+    #[arg(long, env = "RONDO_ACCESS_LOG", default_value = "common", value_parser = parse_access_log, value_name = "common|json|off")]
+    pub access_log: AccessLog,
+
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "RONDO_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
@@ -175,6 +194,15 @@ impl Config {
             max_fails: self.max_fails,
             fail_timeout: self.fail_timeout,
         }
+    }
+
+    /// The settings in force, for the start-up log: the admin token masked.
+    pub fn effective(&self) -> String {
+        let mut shown = self.clone();
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("********".into());
+        }
+        format!("{shown:?}")
     }
 
     /// The client limits these settings give.
@@ -217,6 +245,36 @@ impl Config {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
+    }
+}
+
+/// The access log's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Common,
+    Json,
+    Off,
+}
+
+fn parse_access_log(s: &str) -> Result<AccessLog, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "common" => Ok(AccessLog::Common),
+        "json" => Ok(AccessLog::Json),
+        "off" | "none" => Ok(AccessLog::Off),
+        _ => Err("expected common, json or off".to_string()),
+    }
+}
+
+/// An address or none (`off`). An alias, so that clap parses the value with
+/// [`parse_admin_listen`] instead of treating the setting as optional.
+pub type MaybeAddr = Option<SocketAddr>;
+
+fn parse_admin_listen(s: &str) -> Result<MaybeAddr, String> {
+    match s.trim() {
+        "off" | "" => Ok(None),
+        other => other.parse().map(Some).map_err(|_| {
+            "expected an IP address and port such as 127.0.0.1:9901, or off".to_string()
+        }),
     }
 }
 
@@ -515,6 +573,31 @@ mod tests {
         assert_eq!(c.upstreams.0.len(), 2);
         assert_eq!(c.upstreams.0[1].to_string(), "server2:8080");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(c.access_log, AccessLog::Common);
+    }
+
+    /// The admin listener can be turned off; the token never shows in the effective config.
+    #[test]
+    fn admin_settings() {
+        let c = parse(&[
+            "--upstreams",
+            "a:1",
+            "--admin-listen",
+            "off",
+            "--admin-token",
+            "s3cret",
+            "--access-log",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.access_log, AccessLog::Json);
+        assert!(!c.effective().contains("s3cret"), "{}", c.effective());
+        let msg = parse(&["--upstreams", "a:1", "--access-log", "loud"]).unwrap_err();
+        assert!(msg.contains("RONDO_ACCESS_LOG"), "{msg}");
+        let msg = parse(&["--upstreams", "a:1", "--admin-listen", "9901"]).unwrap_err();
+        assert!(msg.contains("RONDO_ADMIN_LISTEN"), "{msg}");
     }
 
     /// Host names, IPv4 and bracketed IPv6 parse; the display form is what was written.

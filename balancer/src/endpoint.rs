@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::health::{ActivePolicy, ActiveState, Admission, Flip, PassivePolicy, PassiveState};
+use crate::stats::EndpointStats;
 
 /// One address that serves an upstream, with the state that outlives discovery swaps.
 #[derive(Debug)]
@@ -37,6 +38,11 @@ pub struct Endpoint {
     /// True when `passive` holds anything a success must reset (failures, a time out).
     passive_dirty: AtomicBool,
     passive: Mutex<PassiveState>,
+    /// False once an operator drained the endpoint by hand (admin API): it gets no new
+    /// requests, not even when nothing else is healthy, until enabled again.
+    enabled: AtomicBool,
+    /// Counters for `/metrics` and `/status`.
+    stats: EndpointStats,
 }
 
 impl Endpoint {
@@ -55,7 +61,29 @@ impl Endpoint {
             passive_in: AtomicBool::new(true),
             passive_dirty: AtomicBool::new(false),
             passive: Mutex::new(PassiveState::default()),
+            enabled: AtomicBool::new(true),
+            stats: EndpointStats::default(),
         }
+    }
+
+    /// The endpoint's counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// False while drained by hand.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Drains (`false`) or enables (`true`) the endpoint; returns whether that changed it.
+    pub fn set_enabled(&self, enabled: bool) -> bool {
+        self.enabled.swap(enabled, AtomicOrdering::Relaxed) != enabled
+    }
+
+    /// Whether passive checking has the endpoint in rotation.
+    pub fn passive_in(&self) -> bool {
+        self.passive_in.load(AtomicOrdering::Relaxed)
     }
 
     /// Requests sent to this endpoint that have not finished yet.
@@ -77,7 +105,7 @@ impl Endpoint {
 
     /// Whether a request may go to this endpoint now; may grant the single passive trial.
     pub fn admit(&self, policy: &PassivePolicy) -> Admission {
-        if !self.active_up.load(AtomicOrdering::Relaxed) {
+        if !self.active_up.load(AtomicOrdering::Relaxed) || !self.is_enabled() {
             return Admission::No;
         }
         if self.passive_in.load(AtomicOrdering::Relaxed) {

@@ -249,8 +249,11 @@ impl fmt::Display for Flip {
     }
 }
 
-/// Logs a flip of `endpoint` seen by `check` ("passive" or "active").
+/// Logs and counts a flip of `endpoint` seen by `check` ("passive" or "active").
 pub fn log_flip(endpoint: &Endpoint, check: &str, flip: &Flip) {
+    endpoint
+        .stats()
+        .record_flip(check, matches!(flip, Flip::Up(_)));
     match flip {
         Flip::Up(_) => info!(
             "health: {} ({}) is {flip} [{check}]",

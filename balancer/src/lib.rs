@@ -35,6 +35,8 @@
 //! [`StaticResolver`]: discovery::StaticResolver
 //! [`EndpointSet`]: endpoint::EndpointSet
 
+pub mod access;
+pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
@@ -49,6 +51,7 @@ pub mod retry;
 pub mod screen;
 pub mod selection;
 pub mod server;
+pub mod stats;
 pub mod websocket;
 
 pub use config::Config;

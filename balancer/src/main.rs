@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    log::info!("configuration: {config:?}");
+    log::info!("configuration: {}", config.effective());
 
     let listener = match TcpListener::bind(config.listen) {
         Ok(listener) => listener,
@@ -60,7 +60,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rondo: {err}");
-            ExitCode::FAILURE
+            // A listener that cannot be bound is a configuration error, as for RONDO_LISTEN.
+            match err.kind() {
+                std::io::ErrorKind::AddrInUse
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::PermissionDenied => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -12,11 +12,12 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use actix_web::body::{BodyStream, SizedStream};
+use actix_web::body::{BodySize, BodyStream, MessageBody, SizedStream};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
@@ -27,6 +28,8 @@ use futures_util::{Stream, StreamExt};
 use log::warn;
 use smallvec::SmallVec;
 
+use crate::access::Exchange;
+use crate::config::AccessLog;
 use crate::endpoint::{Endpoint, InFlight};
 pub use crate::headers::copy_end_to_end;
 use crate::headers::{self as hdr, ClientSide, ForwardingPolicy, X_REQUEST_ID};
@@ -35,6 +38,7 @@ use crate::limits::{self, Exceeded, Fault, GuardedBody, Limits};
 use crate::retry::{self, Failure};
 use crate::screen;
 use crate::selection::RoundRobin;
+use crate::stats::{class_of, Totals};
 use crate::websocket;
 
 /// Set on responses that took more than one try, to the number of tries.
@@ -184,11 +188,19 @@ pub struct Forwarding {
     pub limits: Limits,
     /// Whose forwarding headers to believe, and whether to add `Forwarded`.
     pub forwarding_headers: ForwardingPolicy,
+    /// The balancer's counters, shared with the admin listener.
+    pub totals: Arc<Totals>,
+    /// The access log's format.
+    pub access_log: AccessLog,
 }
 
 impl Forwarding {
     /// The forwarding settings of `config`, selecting through `selector`.
-    pub fn new(config: &crate::Config, selector: Arc<RoundRobin>) -> Forwarding {
+    pub fn new(
+        config: &crate::Config,
+        selector: Arc<RoundRobin>,
+        totals: Arc<Totals>,
+    ) -> Forwarding {
         Forwarding {
             selector,
             tries: config.tries,
@@ -199,6 +211,8 @@ impl Forwarding {
                 trusted: config.trusted_proxies.clone(),
                 forwarded: config.forwarded,
             },
+            totals,
+            access_log: config.access_log,
         }
     }
 }
@@ -229,13 +243,28 @@ pub async fn forward(
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
     let id = hdr::request_id(req.headers());
-    match try_forward(&req, payload, &forwarding, &client, &id).await {
+    let mut exchange = Some(Exchange::new(
+        &req,
+        id.to_str().unwrap_or("-"),
+        &forwarding.totals,
+        forwarding.access_log,
+    ));
+    let res = match try_forward(&req, payload, &forwarding, &client, &id, &mut exchange).await {
         Ok(mut res) => {
             res.headers_mut().insert(X_REQUEST_ID, id);
             res
         }
         Err(err) => answer(&req, &id, err),
+    };
+    // Still here when the response has no body to stream (the balancer's own answers, bodiless
+    // statuses, WebSocket handshakes): counted and logged now.
+    if let Some(exchange) = exchange.as_mut() {
+        exchange.respond(res.status());
+        if let BodySize::Sized(n) = res.body().size() {
+            exchange.sent(n as usize);
+        }
     }
+    res
 }
 
 async fn try_forward(
@@ -244,6 +273,7 @@ async fn try_forward(
     forwarding: &Forwarding,
     client: &awc::Client,
     id: &HeaderValue,
+    exchange: &mut Option<Exchange>,
 ) -> Result<HttpResponse, ProxyError> {
     let arrived = Instant::now();
     screen::screen(req)?;
@@ -269,9 +299,19 @@ async fn try_forward(
         tried.push(endpoint.clone());
         let in_flight = endpoint.start_request();
 
+        let sent_at = Instant::now();
         let sent = send(client, req, forwarding, id, &endpoint, &mut body).await;
+        let upstream_time = sent.is_ok().then(|| sent_at.elapsed());
+        if let Some(exchange) = exchange.as_mut() {
+            exchange.tried(endpoint.addr(), upstream_time);
+        }
         let res = match sent {
             Ok(res) => {
+                let stats = endpoint.stats();
+                stats.tries.add(class_of(res.status().as_u16()));
+                stats
+                    .upstream_latency
+                    .observe(upstream_time.unwrap_or_default());
                 succeeded(&endpoint);
                 res
             }
@@ -295,7 +335,7 @@ async fn try_forward(
                 continue;
             }
         };
-        return Ok(relay(res, in_flight, tried.len()));
+        return Ok(relay(res, in_flight, tried.len(), exchange.take()));
     }
 }
 
@@ -352,6 +392,7 @@ pub(crate) fn failed_try(
         if let Some(flip) = endpoint.report_failure(forwarding.selector.passive_policy(), &reason) {
             health::log_flip(endpoint, "passive", &flip);
         }
+        endpoint.stats().record_error(reason);
     }
     let again = tries < forwarding.tries
         && (forwarding.retry_timeout.is_zero() || arrived.elapsed() < forwarding.retry_timeout)
@@ -360,6 +401,8 @@ pub(crate) fn failed_try(
     if !again {
         return Err(err);
     }
+    endpoint.stats().retries.fetch_add(1, Ordering::Relaxed);
+    forwarding.totals.retries.fetch_add(1, Ordering::Relaxed);
     warn!(
         "{} {} (request {}): try {tries} failed, trying another endpoint: {err}",
         req.method(),
@@ -475,19 +518,29 @@ async fn send(
 
 /// Builds the client's response from the endpoint's: status and end-to-end headers, and the
 /// body streamed with the endpoint counted in flight until it ends.
-fn relay(mut res: awc::ClientResponse, in_flight: InFlight, tries: usize) -> HttpResponse {
+fn relay(
+    mut res: awc::ClientResponse,
+    in_flight: InFlight,
+    tries: usize,
+    mut exchange: Option<Exchange>,
+) -> HttpResponse {
     let status = res.status();
+    if let Some(exchange) = exchange.as_mut() {
+        exchange.respond(status);
+    }
     let mut response = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         // These never have a body (RFC 9112 §6.3); a streamed one would make actix frame one.
         drop(in_flight);
+        drop(exchange);
         HttpResponse::new(status)
     } else {
         let body = Counted {
             inner: res.take_payload(),
             _in_flight: in_flight,
+            exchange,
         };
         match response_body_length(res.headers()) {
             Some(len) => {
@@ -505,17 +558,26 @@ fn relay(mut res: awc::ClientResponse, in_flight: InFlight, tries: usize) -> Htt
     response
 }
 
-/// A response body that keeps its endpoint counted in flight until it is done or dropped.
+/// A response body that keeps its endpoint counted in flight, and its request's [`Exchange`]
+/// open, until it is done or dropped.
 struct Counted<S> {
     inner: S,
     _in_flight: InFlight,
+    exchange: Option<Exchange>,
 }
 
-impl<S: Stream + Unpin> Stream for Counted<S> {
+impl<S, E> Stream for Counted<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
     type Item = S::Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx)
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if let (Poll::Ready(Some(Ok(chunk))), Some(exchange)) = (&polled, &mut self.exchange) {
+            exchange.sent(chunk.len());
+        }
+        polled
     }
 }
 

@@ -13,7 +13,7 @@
 //! request already tried. When no endpoint is healthy, every endpoint is tried in turn anyway
 //! (as nginx and Envoy do): a health check can be wrong, a 503 is sure to be.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -58,7 +58,7 @@ impl Rotation {
 
     /// The next endpoint in turn that health checks admit and `tried` does not hold; failing
     /// that, the next one not tried whatever its health (`healthy` is then false); `None` when
-    /// every endpoint was tried or the set is empty.
+    /// every endpoint was tried or the set is empty. Endpoints drained by hand are never picked.
     pub fn select_healthy(&self, tried: &[Arc<Endpoint>], policy: &PassivePolicy) -> Option<Pick> {
         let endpoints = self.set.endpoints();
         let len = endpoints.len();
@@ -75,7 +75,8 @@ impl Rotation {
         }
         for _ in 0..len {
             let endpoint = &endpoints[self.next.fetch_add(1, Ordering::Relaxed) % len];
-            if untried(endpoint) {
+            // An endpoint drained by hand stays out even here.
+            if untried(endpoint) && endpoint.is_enabled() {
                 endpoint.count_request();
                 return Some(Pick {
                     endpoint: endpoint.clone(),
@@ -113,6 +114,8 @@ pub struct RoundRobin {
     /// Set while requests find no healthy endpoint, so entering and leaving that mode is
     /// logged once each.
     none_healthy: AtomicBool,
+    /// Times the endpoint set was replaced (for `/metrics`).
+    changes: AtomicU64,
 }
 
 impl Default for RoundRobin {
@@ -129,6 +132,7 @@ impl RoundRobin {
             current: ArcSwap::default(),
             passive,
             none_healthy: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -171,6 +175,12 @@ impl RoundRobin {
             None => 0,
         };
         self.current.store(Arc::new(Rotation::new(set, start)));
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times the endpoint set was replaced since the start (the first discovery included).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 }
 

@@ -14,12 +14,14 @@ use log::info;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::discovery::{Discovery, Resolve};
 use crate::health;
 use crate::proxy::{self, Forwarding};
 use crate::screen;
 use crate::selection::RoundRobin;
+use crate::stats::{self, Totals};
 use crate::websocket;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
@@ -31,9 +33,23 @@ pub struct Running {
     stop_discovery: oneshot::Sender<()>,
     discovery: JoinHandle<()>,
     stop_probes: Option<oneshot::Sender<()>>,
+    /// The admin server and its addresses, when RONDO_ADMIN_LISTEN is not `off`.
+    admin: Option<(ServerHandle, JoinHandle<io::Result<()>>)>,
+    admin_addrs: Vec<SocketAddr>,
+    totals: Arc<Totals>,
 }
 
 impl Running {
+    /// The addresses the admin listener accepts on (empty when it is off).
+    pub fn admin_addrs(&self) -> &[SocketAddr] {
+        &self.admin_addrs
+    }
+
+    /// The balancer's own counters.
+    pub fn totals(&self) -> &Arc<Totals> {
+        &self.totals
+    }
+
     /// The addresses the balancer accepts clients on.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -57,6 +73,10 @@ impl Running {
             .server
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)));
+        if let Some((handle, admin)) = self.admin {
+            handle.stop(true).await;
+            let _ = admin.await;
+        }
         let _ = self.stop_discovery.send(());
         if let Some(stop) = self.stop_probes {
             let _ = stop.send(());
@@ -99,7 +119,42 @@ pub async fn start<R: Resolve>(
         None
     };
 
-    let forwarding = web::Data::new(Forwarding::new(config, selector.clone()));
+    let totals = Arc::new(Totals::default());
+    let (admin, admin_addrs) = match config.admin_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on {addr} (RONDO_ADMIN_LISTEN): {e}; choose a free address \
+                         and port, or set RONDO_ADMIN_LISTEN=off"
+                    ),
+                )
+            })?;
+            let (server, addrs) = admin::start(
+                Admin {
+                    selector: selector.clone(),
+                    totals: totals.clone(),
+                    upstreams: config
+                        .upstreams
+                        .0
+                        .iter()
+                        .map(|u| Arc::from(u.to_string()))
+                        .collect(),
+                    health_checks: config.health_checks,
+                    token: config.admin_token.clone(),
+                },
+                listener,
+            )?;
+            admin::announce(config, &addrs);
+            let handle = server.handle();
+            (Some((handle, actix_web::rt::spawn(server))), addrs)
+        }
+        None => (None, Vec::new()),
+    };
+
+    let forwarding = web::Data::new(Forwarding::new(config, selector.clone(), totals.clone()));
+    let connections = totals.clone();
     let client_config = config.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -107,7 +162,11 @@ pub async fn start<R: Resolve>(
             .app_data(web::Data::new(upstream_client(&client_config)))
             .default_service(web::to(proxy::forward))
     })
-    .on_connect(screen::on_connect)
+    .on_connect(move |conn, data| {
+        screen::on_connect(conn, data);
+        // Counted while the connection's data lives: until the connection closes.
+        data.insert(stats::Connection::open(connections.clone()));
+    })
     .workers(config.worker_count())
     .max_connections(config.connections_per_worker())
     .client_request_timeout(config.client_timeout)
@@ -137,6 +196,9 @@ pub async fn start<R: Resolve>(
         stop_discovery,
         discovery,
         stop_probes,
+        admin,
+        admin_addrs,
+        totals,
     })
 }
 

@@ -507,7 +507,7 @@ mod tests {
             .to_http_request();
         let config = crate::Config::with_upstreams(vec![]);
         let selector = Arc::new(crate::selection::RoundRobin::new(config.passive_policy()));
-        let forwarding = Forwarding::new(&config, selector);
+        let forwarding = Forwarding::new(&config, selector, Default::default());
         let id = HeaderValue::from_static("req-1");
         let out = upstream_headers(&req, &forwarding, &id);
         let mut names: Vec<_> = out.keys().map(|k| k.as_str().to_string()).collect();

@@ -16,9 +16,13 @@ fn rondo(envs: &[(&str, &str)], args: &[&str]) -> Output {
         "RONDO_UPSTREAM_IDLE_TIMEOUT",
         "RONDO_SHUTDOWN_TIMEOUT",
         "RONDO_HEALTHCHECK_PORT",
+        "RONDO_HEALTH_CHECKS",
+        "RONDO_ADMIN_TOKEN",
     ] {
         cmd.env_remove(var);
     }
+    // Tests run side by side: never on the fixed default admin port.
+    cmd.env("RONDO_ADMIN_LISTEN", "127.0.0.1:0");
     cmd.envs(envs.iter().copied()).args(args).output().unwrap()
 }
 
@@ -59,6 +63,29 @@ fn taken_listen_address_exits_2() {
         stderr.contains(&format!("cannot listen on {addr} (RONDO_LISTEN)")),
         "{stderr}"
     );
+}
+
+/// A taken admin address exits 2 and names RONDO_ADMIN_LISTEN and how to turn it off.
+#[test]
+fn taken_admin_address_exits_2() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = rondo(
+        &[
+            ("RONDO_UPSTREAMS", "127.0.0.1:1"),
+            ("RONDO_LISTEN", "127.0.0.1:0"),
+            ("RONDO_HEALTH_CHECKS", "off"),
+            ("RONDO_ADMIN_LISTEN", &addr),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr} (RONDO_ADMIN_LISTEN)")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("RONDO_ADMIN_LISTEN=off"), "{stderr}");
 }
 
 /// `rondo healthcheck` exits 0 when something listens on the port and 1 when nothing does.
@@ -118,6 +145,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .env("RONDO_UPSTREAMS", &endpoint_addr)
         .env("RONDO_WORKERS", "1")
         .env("RONDO_SHUTDOWN_TIMEOUT", "5s")
+        .env("RONDO_ADMIN_LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();

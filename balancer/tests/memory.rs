@@ -80,6 +80,7 @@ async fn gigabyte_bodies_stream_with_flat_memory() {
         .env("RONDO_UPSTREAMS", backend_addr.to_string())
         .env("RONDO_WORKERS", "2")
         .env("RONDO_MAX_BODY_SIZE", "2GiB")
+        .env("RONDO_ADMIN_LISTEN", "off")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

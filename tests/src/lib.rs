@@ -70,6 +70,7 @@ pub fn config_for(upstreams: &[String]) -> Config {
     config.workers = 4;
     config.discovery_interval = Duration::from_millis(50);
     config.shutdown_timeout = Duration::from_secs(1);
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     config
 }
 
