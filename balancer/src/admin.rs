@@ -66,7 +66,7 @@ pub fn start(admin: Admin, listener: TcpListener) -> io::Result<(Server, Vec<Soc
 /// Says at start-up who can reach the admin listener and what they can do with it.
 pub fn announce(config: &Config, addrs: &[SocketAddr]) {
     let loopback = addrs.iter().all(|a| a.ip().is_loopback());
-    match (&config.admin_token, loopback) {
+    match (config.admin_token(), loopback) {
         (Some(_), _) => info!(
             "admin: listening on {addrs:?}; drain and enable need the RONDO_ADMIN_TOKEN bearer token"
         ),

@@ -168,8 +168,8 @@ pub struct Config {
     #[arg(long, env = "RONDO_ADMIN_LISTEN", default_value = "127.0.0.1:9901", value_parser = parse_admin_listen, value_name = "ADDR:PORT|off")]
     pub admin_listen: MaybeAddr,
 
-    /// When set, the admin listener's changes (drain, enable) need `Authorization: Bearer
-    /// <token>`; reading stays open.
+    /// When set (and not empty), the admin listener's changes (drain, enable) need
+    /// `Authorization: Bearer <token>`; reading stays open.
     #[arg(
         long,
         env = "RONDO_ADMIN_TOKEN",
@@ -196,10 +196,15 @@ impl Config {
         }
     }
 
+    /// The admin token, unless unset or empty (compose passes an unset variable as empty).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref().filter(|t| !t.is_empty())
+    }
+
     /// The settings in force, for the start-up log: the admin token masked.
     pub fn effective(&self) -> String {
         let mut shown = self.clone();
-        if shown.admin_token.is_some() {
+        if self.admin_token().is_some() {
             shown.admin_token = Some("********".into());
         }
         format!("{shown:?}")

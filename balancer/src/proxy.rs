@@ -295,6 +295,9 @@ async fn try_forward(
         let Some(pick) = forwarding.selector.select(&tried) else {
             return Err(nothing_left(forwarding, last_error));
         };
+        if let Some(failed) = tried.last() {
+            retrying(forwarding, failed);
+        }
         let endpoint = pick.endpoint;
         tried.push(endpoint.clone());
         let in_flight = endpoint.start_request();
@@ -401,8 +404,6 @@ pub(crate) fn failed_try(
     if !again {
         return Err(err);
     }
-    endpoint.stats().retries.fetch_add(1, Ordering::Relaxed);
-    forwarding.totals.retries.fetch_add(1, Ordering::Relaxed);
     warn!(
         "{} {} (request {}): try {tries} failed, trying another endpoint: {err}",
         req.method(),
@@ -410,6 +411,13 @@ pub(crate) fn failed_try(
         id.to_str().unwrap_or("-"),
     );
     Ok(err)
+}
+
+/// Counts a retry of a try that failed on `failed`: called when the next try starts (not
+/// when it was decided, since no endpoint may be left to try).
+pub(crate) fn retrying(forwarding: &Forwarding, failed: &Endpoint) {
+    failed.stats().retries.fetch_add(1, Ordering::Relaxed);
+    forwarding.totals.retries.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Reports a good answer from `endpoint` to its passive health, logging a flip.

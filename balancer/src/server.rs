@@ -142,7 +142,7 @@ pub async fn start<R: Resolve>(
                         .map(|u| Arc::from(u.to_string()))
                         .collect(),
                     health_checks: config.health_checks,
-                    token: config.admin_token.clone(),
+                    token: config.admin_token().map(str::to_string),
                 },
                 listener,
             )?;

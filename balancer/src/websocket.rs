@@ -134,6 +134,9 @@ pub async fn forward(
         let Some(pick) = forwarding.selector.select(&tried) else {
             return Err(proxy::nothing_left(forwarding, last_error));
         };
+        if let Some(failed) = tried.last() {
+            proxy::retrying(forwarding, failed);
+        }
         let endpoint = pick.endpoint;
         tried.push(endpoint.clone());
         let in_flight = endpoint.start_request();

@@ -101,17 +101,14 @@ fn healthcheck_tells_a_listener_from_none() {
     assert!(String::from_utf8_lossy(&down.stderr).contains("nothing accepts connections"));
 }
 
-/// A request in flight when the balancer gets SIGTERM is answered in full, new connections are
-/// refused, and the process exits 0 within the shutdown timeout.
-#[test]
-fn sigterm_drains_in_flight_requests_and_exits_zero() {
+/// An endpoint on 127.0.0.1 that answers `done` to every request (after 700 ms for paths
+/// starting with /slow), one connection per request; its address.
+fn fixed_endpoint() -> String {
     use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    // A one-shot endpoint that answers after 700 ms (and any health probe at once).
     let endpoint = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint_addr = endpoint.local_addr().unwrap().to_string();
+    let addr = endpoint.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         for stream in endpoint.incoming().flatten() {
             std::thread::spawn(move || {
@@ -133,6 +130,16 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
             });
         }
     });
+    addr
+}
+
+/// Starts `rondo` on a free port of 127.0.0.1 with `envs`, and waits until it accepts a
+/// connection: the child, its address and the first connection.
+fn spawn_rondo(
+    envs: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String, std::net::TcpStream) {
+    use std::time::{Duration, Instant};
 
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -142,16 +149,15 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rondo"));
     cmd.env("RONDO_LISTEN", &listen)
-        .env("RONDO_UPSTREAMS", &endpoint_addr)
         .env("RONDO_WORKERS", "1")
-        .env("RONDO_SHUTDOWN_TIMEOUT", "5s")
         .env("RONDO_ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+        .stderr(stderr);
+    let child = cmd.spawn().unwrap();
     let started = Instant::now();
-    let mut client = loop {
-        if let Ok(s) = TcpStream::connect(&listen) {
+    let client = loop {
+        if let Ok(s) = std::net::TcpStream::connect(&listen) {
             break s;
         }
         assert!(
@@ -160,15 +166,38 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    client
-        .write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    (child, listen, client)
+}
+
+fn sigterm(child: &std::process::Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+}
+
+/// A request in flight when the balancer gets SIGTERM is answered in full, new connections are
+/// refused, and the process exits 0 within the shutdown timeout.
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let endpoint_addr = fixed_endpoint();
+    let (mut child, listen, mut client) = spawn_rondo(
+        &[
+            ("RONDO_UPSTREAMS", &endpoint_addr),
+            ("RONDO_SHUTDOWN_TIMEOUT", "5s"),
+        ],
+        std::process::Stdio::null(),
+    );
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    sigterm(&child);
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         TcpStream::connect(&listen).is_err(),
@@ -183,4 +212,59 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("done"), "{response}");
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// With RONDO_ACCESS_LOG=json every request gets one JSON line with its fields; the start-up
+/// log shows the effective configuration with the admin token masked.
+#[test]
+fn access_log_has_one_json_line_per_request() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    let endpoint_addr = fixed_endpoint();
+    let (child, _, mut client) = spawn_rondo(
+        &[
+            ("RONDO_UPSTREAMS", &endpoint_addr),
+            ("RONDO_ACCESS_LOG", "json"),
+            ("RONDO_ADMIN_TOKEN", "s3cret-token"),
+            ("RONDO_HEALTH_CHECKS", "off"),
+            ("RUST_LOG", "info"),
+        ],
+        std::process::Stdio::piped(),
+    );
+    client
+        .write_all(b"GET /cart?id=7 HTTP/1.1\r\nHost: t\r\nX-Request-Id: req-42\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.ends_with("done"), "{response}");
+    std::thread::sleep(Duration::from_millis(100));
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("s3cret-token"),
+        "the token was logged: {stderr}"
+    );
+    assert!(stderr.contains("configuration: "), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("rondo::access"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let json = &lines[0][lines[0].find('{').unwrap()..];
+    let entry: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["target"], "/cart?id=7");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["bytes"], 4);
+    assert_eq!(entry["endpoint"], endpoint_addr.as_str());
+    assert_eq!(entry["tries"], 1);
+    assert_eq!(entry["client"], "127.0.0.1");
+    assert_eq!(entry["request_id"], "req-42");
+    assert!(entry["upstream_time"].as_f64().is_some());
+    assert!(entry["total_time"].as_f64().is_some());
 }

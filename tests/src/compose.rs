@@ -14,6 +14,9 @@ pub struct Project {
     pub name: String,
     /// The host port the balancer is published on (`RONDO_PORT`), free when the project was made.
     pub port: u16,
+    /// The port of 127.0.0.1 the admin listener is published on (`RONDO_ADMIN_PORT`), free
+    /// when the project was made.
+    pub admin_port: u16,
     /// The repository root, where the compose files live.
     pub root: PathBuf,
     /// Compose files (`-f`), relative to `root`; empty means Compose's default file.
@@ -34,14 +37,18 @@ impl Project {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free_port = || {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, admin_port) = (free_port(), free_port());
         Project {
             name: format!("{prefix}-{}-{nanos}", std::process::id()),
             port,
+            admin_port,
             root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
             files: Vec::new(),
             env: Vec::new(),
@@ -70,7 +77,8 @@ impl Project {
         }
         cmd.args(["-p", &self.name])
             .current_dir(&self.root)
-            .env("RONDO_PORT", self.port.to_string());
+            .env("RONDO_PORT", self.port.to_string())
+            .env("RONDO_ADMIN_PORT", self.admin_port.to_string());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -10,6 +10,8 @@
 //! - [`faulty`]: endpoints that refuse, reset, hang or die mid-response, and a backend whose
 //!   health a test switches.
 //! - [`load`]: a keep-alive HTTP/1.1 load generator for the fault suite (`tests/faults.rs`).
+//! - [`prometheus`]: a real Prometheus server that scrapes a balancer's admin listener, and
+//!   queries to its HTTP API (`tests/prometheus.rs`).
 //! - [`raw`]: HTTP/1.1 at the byte level for the hostile-input corpus (`tests/hostile.rs`): an
 //!   upstream that records the exact bytes it receives, a strict request parser, a raw client.
 
@@ -17,6 +19,7 @@ pub mod browser;
 pub mod compose;
 pub mod faulty;
 pub mod load;
+pub mod prometheus;
 pub mod raw;
 
 use std::net::{SocketAddr, TcpListener};

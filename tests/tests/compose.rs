@@ -18,15 +18,18 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// One `GET /` on 127.0.0.1:port over a fresh connection: (status, X-Served-By, body).
 fn get(port: u16) -> (u16, String, String) {
-    get_within(port, Duration::from_secs(10))
+    get_within(port, "/", Duration::from_secs(10))
 }
 
-/// `get`, giving up on the answer after `timeout` (status 0).
-fn get_within(port: u16, timeout: Duration) -> (u16, String, String) {
+/// `GET path`, giving up on the answer after `timeout` (status 0).
+fn get_within(port: u16, path: &str, timeout: Duration) -> (u16, String, String) {
     let attempt = || -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(timeout))?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
@@ -155,6 +158,23 @@ fn compose_deployment_round_robins_and_follows_scaling() {
         "the WebSocket's 101 names its replica"
     );
     eprintln!("WebSocket echo and close through the published port, served by {served_by}");
+
+    // The admin listener, published on 127.0.0.1: every upstream with its one healthy endpoint,
+    // and the 30 requests (and the WebSocket) counted.
+    let (status, _, body) = get_within(project.admin_port, "/status", Duration::from_secs(10));
+    assert_eq!(status, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).expect("the /status JSON");
+    let upstreams = s["upstreams"].as_array().expect("upstreams");
+    assert_eq!(upstreams.len(), 3, "{s}");
+    for u in upstreams {
+        assert_eq!(u["endpoints"].as_array().unwrap().len(), 1, "{u}");
+        assert_eq!(u["endpoints"][0]["health"], "up", "{u}");
+    }
+    assert!(s["totals"]["requests"].as_u64().unwrap() >= 30, "{s}");
+    eprintln!(
+        "admin /status on 127.0.0.1:{} lists the 3 upstreams",
+        project.admin_port
+    );
 
     scale_server2(&project, 3);
     let took = until_cycle_of(port, 5, Duration::from_secs(2));

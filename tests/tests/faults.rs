@@ -225,7 +225,9 @@ impl Deployment {
         let timeout = std::env::var("RONDO_RESPONSE_TIMEOUT").unwrap_or_else(|_| "2s".into());
         let project = Project::named(&format!("rondo-faults-{}", kind.name()))
             .with_files(files)
-            .with_env("RONDO_RESPONSE_TIMEOUT", &timeout);
+            .with_env("RONDO_RESPONSE_TIMEOUT", &timeout)
+            // Measured alike: nginx runs here with `access_log off`.
+            .with_env("RONDO_ACCESS_LOG", "off");
         eprintln!(
             "[faults] {}: compose project {} on 127.0.0.1:{}",
             kind.name(),
