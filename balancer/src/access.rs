@@ -137,10 +137,34 @@ impl Entry {
             _ => format!(
                 "{client} - - [{at}] \"{} {} {:?}\" {status} {bytes} endpoint={endpoint} \
                  tries={} upstream_time={upstream_time} total_time={total_time} request_id={}",
-                self.method, self.target, self.version, self.tries, self.id
+                escape(self.method.as_str()),
+                escape(&self.target),
+                self.version,
+                self.tries,
+                escape(&self.id)
             ),
         }
     }
+}
+
+/// Client-chosen text as nginx writes it in a log line: `"`, `\\` and every byte outside
+/// printable ASCII as `\\xHH`, so a request cannot forge a field or a line.
+fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            out.push(b as char);
+        } else {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\x{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 #[cfg(test)]
@@ -170,6 +194,18 @@ mod tests {
             line,
             "172.18.0.1 - - [2026-11-18T11:06:40Z] \"GET /cart?id=7 HTTP/1.1\" 200 512 \
              endpoint=172.18.0.3:8080 tries=2 upstream_time=0.002 total_time=0.003 request_id=abc"
+        );
+    }
+
+    /// Quotes, backslashes and bytes outside printable ASCII in the target are escaped.
+    #[test]
+    fn common_line_escapes_what_the_client_chose() {
+        let mut e = entry(AccessLog::Common);
+        e.target = "/x\" 200 0 \u{2028}".into();
+        let line = e.line(200, 0, Duration::ZERO);
+        assert!(
+            line.contains("\"GET /x\\x22 200 0 \\xE2\\x80\\xA8 HTTP/1.1\""),
+            "{line}"
         );
     }
 

@@ -105,12 +105,21 @@ async fn change(
     admin: web::Data<Admin>,
 ) -> HttpResponse {
     let (address, action) = path.into_inner();
+    if let Some(site) = cross_site(&req) {
+        // A web page in an operator's browser could otherwise drain endpoints with a simple
+        // POST to 127.0.0.1:9901 (no token is needed by default).
+        return HttpResponse::Forbidden().body(format!(
+            "rondo: drain and enable are refused from a web page ({site}): use curl or a script\n"
+        ));
+    }
     if let Some(token) = &admin.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token);
         if !given.is_some_and(|g| same_secret(g.trim(), token)) {
             return HttpResponse::Unauthorized()
                 .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
@@ -159,6 +168,22 @@ async fn change(
             .map(|e| endpoint_status(e, admin.health_checks))
             .collect::<Vec<_>>(),
     )
+}
+
+/// What marks `req` as sent by a browser on behalf of a web page: an `Origin` header, or a
+/// `Sec-Fetch-Site` other than `none` (typed in or bookmarked) and `same-origin`.
+fn cross_site(req: &HttpRequest) -> Option<String> {
+    let headers = req.headers();
+    if let Some(site) = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !matches!(*s, "none" | "same-origin"))
+    {
+        return Some(format!("Sec-Fetch-Site: {site}"));
+    }
+    headers
+        .get(header::ORIGIN)
+        .map(|o| format!("Origin: {}", o.to_str().unwrap_or("?")))
 }
 
 /// Compares a secret in time that does not depend on where the first difference is.

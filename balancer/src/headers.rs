@@ -5,8 +5,9 @@
 //! - Forwarding headers tell the endpoint who the client was. A client can write anything in
 //!   them, so they are believed only from the proxies configured as trusted
 //!   (`RONDO_TRUSTED_PROXIES`, CIDR blocks): from those, `X-Forwarded-For` and `Forwarded` are
-//!   appended to and the other `X-Forwarded-*` kept; from everyone else they are replaced, as
-//!   Traefik does with its `trustedIPs`.
+//!   appended to and the other `X-Forwarded-*` and `X-Real-IP` kept; from everyone else they
+//!   are replaced (as Traefik does with its `trustedIPs`), and `X-Forwarded-Ssl`, `-Scheme` and
+//!   `-Prefix` dropped.
 //! - `Via` (RFC 9110 §7.6.3) is appended to in both directions, as a proxy must.
 //! - `X-Request-Id` follows a request through every log: a client's own id is kept when it is
 //!   a sane token, otherwise the balancer makes one (32 hex digits, like nginx's
@@ -38,6 +39,15 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Other headers that claim something about the client or its scheme, read by some frameworks
+/// (Rack reads `X-Forwarded-Ssl` before `X-Forwarded-Proto`): dropped from untrusted clients.
+const CLIENT_CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
 
 /// Longest client-sent request id kept; a longer one is replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -136,7 +146,17 @@ impl ForwardingPolicy {
     /// endpoint, which already holds the client's end-to-end headers.
     pub fn apply(&self, client: ClientSide<'_>, headers: &mut HeaderMap) {
         let trusted = self.trusts(client.peer);
-        let peer = client.peer.map(|ip| ip.to_string());
+        // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`: write them as IPv4.
+        let peer = client.peer.map(|ip| ip.to_canonical().to_string());
+        if !trusted {
+            for name in &CLIENT_CLAIMS {
+                headers.remove(name);
+            }
+        }
+        // X-Real-IP: the client's address, as nginx's `proxy_set_header X-Real-IP $remote_addr`.
+        if !(trusted && headers.contains_key(X_REAL_IP)) {
+            set_or_remove(headers, X_REAL_IP, peer.as_deref().unwrap_or(""));
+        }
 
         // X-Forwarded-For: one comma-separated list, as nginx's $proxy_add_x_forwarded_for.
         let mut chain = String::new();
@@ -213,7 +233,7 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
 /// One `Forwarded` element: `for=…;host=…;proto=http`, values quoted where RFC 7239 needs it.
 fn forwarded_element(client: &ClientSide<'_>, peer: Option<&str>) -> String {
     let mut element = String::new();
-    match (client.peer, peer) {
+    match (client.peer.map(|ip| ip.to_canonical()), peer) {
         (Some(IpAddr::V6(_)), Some(p)) => {
             let _ = write!(element, "for=\"[{p}]\"");
         }
@@ -369,8 +389,12 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("x-forwarded-port", "1"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
         ]);
         policy("", false).apply(client("192.0.2.7", Some(&host)), &mut h);
+        assert_eq!(get(&h, "x-real-ip"), Some("192.0.2.7"));
+        assert_eq!(get(&h, "x-forwarded-ssl"), None);
         assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.7"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
         assert_eq!(get(&h, "x-forwarded-host"), Some("shop.example:8443"));
@@ -426,6 +450,15 @@ mod tests {
         );
         assert_eq!(get(&h, "x-forwarded-port"), Some("8080"));
         assert_eq!(get(&h, "x-forwarded-for"), Some("2001:db8::5"));
+    }
+
+    /// An IPv4 client seen as an IPv4-mapped IPv6 address is written as IPv4.
+    #[test]
+    fn mapped_ipv4_peers_are_written_as_ipv4() {
+        let mut h = HeaderMap::new();
+        policy("", true).apply(client("::ffff:172.18.0.5", None), &mut h);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("172.18.0.5"));
+        assert_eq!(get(&h, "forwarded"), Some("for=172.18.0.5;proto=http"));
     }
 
     /// An IPv4 client seen as an IPv4-mapped IPv6 address matches an IPv4 network.

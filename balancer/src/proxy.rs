@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// Discovery has no endpoint for any upstream.
     #[error("no endpoint available: {} {} no endpoint (the name does not resolve yet, or to no address)", .upstreams.join(", "), if .upstreams.len() == 1 { "has" } else { "have" })]
     NoEndpoints { upstreams: Vec<Arc<str>> },
+    /// Every endpoint there is was drained by hand.
+    #[error("no endpoint available: every endpoint is drained (POST /endpoints/{{address}}/enable on the admin listener puts one back)")]
+    AllDrained,
     /// The endpoint refused the connection, or it failed before the request was sent.
     #[error("cannot connect to {endpoint} ({upstream}): {source}{}", tries_note(*.tries))]
     Connect {
@@ -149,7 +152,9 @@ impl ProxyError {
 impl ResponseError for ProxyError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints { .. } | ProxyError::AllDrained => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
@@ -364,13 +369,16 @@ pub(crate) fn upstream_headers(
 /// The answer when selection has nothing left to try: the last failure, or 503 when there was
 /// no endpoint at all.
 pub(crate) fn nothing_left(forwarding: &Forwarding, last_error: Option<ProxyError>) -> ProxyError {
-    last_error.unwrap_or_else(|| ProxyError::NoEndpoints {
-        upstreams: forwarding
-            .selector
-            .load()
-            .set()
-            .without_endpoints()
-            .to_vec(),
+    last_error.unwrap_or_else(|| {
+        let rotation = forwarding.selector.load();
+        let set = rotation.set();
+        if set.without_endpoints().is_empty() && !set.is_empty() {
+            ProxyError::AllDrained
+        } else {
+            ProxyError::NoEndpoints {
+                upstreams: set.without_endpoints().to_vec(),
+            }
+        }
     })
 }
 
@@ -505,8 +513,9 @@ async fn send(
         .no_decompress();
     let headers = upstream_req.headers_mut();
     copy_end_to_end(req.headers(), headers);
-    // The balancer answers `Expect: 100-continue` itself (actix-web does when the body is
-    // first read), as nginx does; passing it on would cost the endpoint a round trip more.
+    // The balancer answers `Expect: 100-continue` itself (actix-http sends 100 Continue as soon
+    // as the head is read, before rondo's checks), so the endpoint never sees it; passing it on
+    // would cost a round trip more.
     headers.remove(header::EXPECT);
     upstream_headers(req, forwarding, id, headers);
     match body {

@@ -56,12 +56,14 @@ impl From<Rejection> for crate::proxy::ProxyError {
 
 /// Headers an endpoint must not be able to confuse with a client's header spelt with `_`:
 /// the framing, and the ones the balancer vouches for.
-const ALIASED: [&str; 5] = [
+const ALIASED: [&str; 7] = [
     "content-length",
     "transfer-encoding",
     "x-forwarded-for",
     "x-forwarded-host",
+    "x-forwarded-port",
     "x-forwarded-proto",
+    "x-real-ip",
 ];
 
 /// Whether a request on this connection was refused (set up by [`on_connect`]).
@@ -92,6 +94,19 @@ pub fn screen(req: &HttpRequest) -> Result<(), Rejection> {
 /// Checks one request head; `Ok` when it may be forwarded as it is. Requests without `Host`
 /// (HTTP/1.0) pass; an empty `Host` passes (RFC 9112 §3.2 allows it).
 pub fn check(head: &RequestHead) -> Result<(), Rejection> {
+    // actix-http reads the rest of the connection as the body of any request with
+    // `Upgrade: websocket` (and no chunked framing), whatever its method or length: forwarded,
+    // the next request on the connection would become part of this one's body.
+    let framing = head.headers.contains_key(header::CONTENT_LENGTH)
+        || head.headers.contains_key(header::TRANSFER_ENCODING);
+    if crate::websocket::upgrade_websocket(&head.headers)
+        && (framing || !crate::websocket::is_upgrade_head(&head.method, &head.headers))
+    {
+        return Err(Rejection::bad(
+            "Upgrade: websocket on a request that is not a WebSocket handshake (GET with \
+             Connection: upgrade and no body): drop the Upgrade header or send a handshake",
+        ));
+    }
     if head.method == Method::CONNECT {
         return Err(Rejection {
             status: StatusCode::METHOD_NOT_ALLOWED,
@@ -226,6 +241,21 @@ mod tests {
             None
         );
         assert_eq!(status(&head(Method::GET, "/", &[("x_custom", "1")])), None);
+    }
+
+    /// `Upgrade: websocket` passes only on a bodiless GET handshake: on anything else
+    /// actix-http would read the rest of the connection as the body.
+    #[test]
+    fn websocket_upgrade_only_on_a_handshake() {
+        let ws = [("connection", "Upgrade"), ("upgrade", "websocket")];
+        assert_eq!(status(&head(Method::GET, "/ws", &ws)), None);
+        assert_eq!(status(&head(Method::POST, "/ws", &ws)), Some(400));
+        let with_body = [ws[0], ws[1], ("content-length", "5")];
+        assert_eq!(status(&head(Method::GET, "/ws", &with_body)), Some(400));
+        let no_connection = [("upgrade", " WebSocket ")];
+        assert_eq!(status(&head(Method::GET, "/", &no_connection)), Some(400));
+        let other = [("connection", "Upgrade"), ("upgrade", "h2c, websocket")];
+        assert_eq!(status(&head(Method::POST, "/", &other)), None);
     }
 
     /// CONNECT gets 405, as from nginx.

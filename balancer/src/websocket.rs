@@ -70,17 +70,23 @@ pub fn is_upgrade(req: &HttpRequest) -> bool {
     is_upgrade_head(req.method(), req.headers())
 }
 
-fn is_upgrade_head(method: &Method, headers: &HeaderMap) -> bool {
-    let names = |name, token: &str| {
-        headers
-            .get_all(name)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    method == Method::GET
-        && names(header::CONNECTION, "upgrade")
-        && names(header::UPGRADE, "websocket")
+pub(crate) fn is_upgrade_head(method: &Method, headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    method == Method::GET && connection_upgrade && upgrade_websocket(headers)
+}
+
+/// Whether an `Upgrade` header is `websocket` by actix-http's rule (the whole value, trimmed,
+/// any case): the rule under which actix-http stops framing the body by its length and hands
+/// the connection's remaining bytes over as a stream.
+pub(crate) fn upgrade_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// The headers of the upstream handshake: the client's end-to-end headers (its
@@ -458,8 +464,9 @@ mod tests {
         m
     }
 
-    /// Upgrades are GET with `Connection: upgrade` and `Upgrade: websocket`, in any case and
-    /// among other tokens; other methods, other protocols and a missing token are not.
+    /// Upgrades are GET with `Connection: upgrade` (among other tokens) and an `Upgrade` of
+    /// exactly `websocket`, in any case, as actix-http frames them; other methods, other or
+    /// several protocols and a missing token are not.
     #[test]
     fn upgrade_detection_needs_get_both_tokens_and_websocket() {
         let yes = [
@@ -471,7 +478,7 @@ mod tests {
             headers(&[
                 ("connection", "keep-alive"),
                 ("connection", "upgrade"),
-                ("upgrade", "h2c, websocket"),
+                ("upgrade", " websocket "),
             ]),
         ];
         for h in &yes {
@@ -480,6 +487,7 @@ mod tests {
         }
         let no = [
             headers(&[("connection", "upgrade"), ("upgrade", "h2c")]),
+            headers(&[("connection", "upgrade"), ("upgrade", "h2c, websocket")]),
             headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]),
             headers(&[("connection", "upgrade")]),
             headers(&[("connection", "upgrades"), ("upgrade", "websockets")]),
@@ -527,6 +535,7 @@ mod tests {
                 "x-forwarded-host",
                 "x-forwarded-port",
                 "x-forwarded-proto",
+                "x-real-ip",
                 "x-request-id"
             ]
         );

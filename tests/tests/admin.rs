@@ -42,7 +42,8 @@ async fn served_by(lb: &Running, n: usize) -> Vec<String> {
     seen
 }
 
-/// A drained endpoint gets no new requests and shows as disabled; enabled, it is back in turn.
+/// A drained endpoint gets no new requests and shows as disabled; enabled, it is back in turn;
+/// a web page cannot drain, and with all drained clients get a 503 that says so.
 #[actix_web::test]
 async fn drain_and_enable_by_hand() {
     let backends: Vec<_> = (1..=3)
@@ -70,6 +71,33 @@ async fn drain_and_enable_by_hand() {
         status(&lb).await["upstreams"][1]["endpoints"][0]["enabled"],
         true
     );
+
+    // A web page cannot drain: a browser's POST carries Origin or Sec-Fetch-Site.
+    let mut res = client()
+        .post(admin_url(&lb, &format!("/endpoints/{b2}/drain")))
+        .insert_header(("origin", "http://evil.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(String::from_utf8_lossy(&res.body().await.unwrap()).contains("web page"));
+    assert_eq!(
+        status(&lb).await["upstreams"][1]["endpoints"][0]["enabled"],
+        true
+    );
+
+    // With every endpoint drained, requests get 503 saying so.
+    for b in &backends {
+        assert_eq!(
+            post(&lb, &format!("/endpoints/{}/drain", b.addr), None)
+                .await
+                .0,
+            200
+        );
+    }
+    let (code, _, body) = get(&client(), &url_of(&lb, "/")).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("every endpoint is drained"), "{body}");
 
     let (code, body) = post(&lb, "/endpoints/10.9.9.9:1/drain", None).await;
     assert_eq!(code, 404, "{body}");

@@ -354,6 +354,24 @@ fn corpus() -> Vec<Case> {
                     && g.header_values("sec-websocket-key") != [b"dGhlIHNhbXBsZSBub25jZQ==".to_vec()])
             },
         ),
+        // actix-http reads everything after a head with `Upgrade: websocket` as its body,
+        // whatever the method and length: the next request would be swallowed into this one.
+        case(
+            "POST with Upgrade: websocket and a length, then a request",
+            [
+                post("Upgrade: websocket\r\nContent-Length: 5\r\n", "hello").as_slice(),
+                SMUGGLED.as_bytes(),
+            ]
+            .concat(),
+            &[400],
+            |r| r.is_empty(),
+        ),
+        case(
+            "GET with Upgrade: websocket but no Connection: upgrade",
+            get("/", "Upgrade: websocket\r\n"),
+            &[400],
+            |r| r.is_empty(),
+        ),
         case(
             "h2c upgrade",
             get(

@@ -222,7 +222,8 @@ fn own_error(
     };
     let id = format!("{:016x}{:016x}", half(1), half(2));
     let client = peer.map_or_else(|| "-".to_owned(), |p| p.ip().to_string());
-    tracing::warn!(
+    // Info, not warn: scanners and idle preconnects cause these, and any client can.
+    tracing::info!(
         "client {client} (request {id}): {} {reason}",
         status.as_u16()
     );
