@@ -291,7 +291,7 @@ async fn try_forward(
     }
     limits::check_head(req, &forwarding.limits)?;
     if websocket::is_upgrade(req) {
-        return websocket::forward(req, payload, forwarding, client, id).await;
+        return websocket::forward(req, payload, forwarding, client, id, exchange).await;
     }
     let (mut body, fault) = read_body(payload, req.headers(), forwarding).await?;
     let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
@@ -309,21 +309,20 @@ async fn try_forward(
 
         let sent_at = Instant::now();
         let sent = send(client, req, forwarding, id, &endpoint, &mut body).await;
-        let upstream_time = sent.is_ok().then(|| sent_at.elapsed());
-        if let Some(exchange) = exchange.as_mut() {
-            exchange.tried(endpoint.addr(), upstream_time);
-        }
         let res = match sent {
             Ok(res) => {
-                let stats = endpoint.stats();
-                stats.tries.add(class_of(res.status().as_u16()));
-                stats
-                    .upstream_latency
-                    .observe(upstream_time.unwrap_or_default());
-                succeeded(&endpoint);
+                answered(
+                    &endpoint,
+                    res.status(),
+                    sent_at.elapsed(),
+                    exchange.as_mut(),
+                );
                 res
             }
             Err(err) => {
+                if let Some(exchange) = exchange.as_mut() {
+                    exchange.tried(endpoint.addr(), None);
+                }
                 if let Some(exceeded) = fault.as_ref().and_then(Fault::get) {
                     // The client's body went past a limit while it streamed to the endpoint.
                     return Err(exceeded.into());
@@ -426,6 +425,23 @@ pub(crate) fn failed_try(
 pub(crate) fn retrying(forwarding: &Forwarding, failed: &Endpoint) {
     failed.stats().retries.fetch_add(1, Ordering::Relaxed);
     forwarding.totals.retries.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records that `endpoint` answered a try with `status` after `took`: its counters, its
+/// passive health, and the request's exchange.
+pub(crate) fn answered(
+    endpoint: &Endpoint,
+    status: StatusCode,
+    took: Duration,
+    exchange: Option<&mut Exchange>,
+) {
+    let stats = endpoint.stats();
+    stats.tries.add(class_of(status.as_u16()));
+    stats.upstream_latency.observe(took);
+    succeeded(endpoint);
+    if let Some(exchange) = exchange {
+        exchange.tried(endpoint.addr(), Some(took));
+    }
 }
 
 /// Reports a good answer from `endpoint` to its passive health, logging a flip.

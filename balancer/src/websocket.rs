@@ -43,6 +43,7 @@ use futures_util::{SinkExt, StreamExt};
 use log::debug;
 use smallvec::SmallVec;
 
+use crate::access::Exchange;
 use crate::endpoint::{Endpoint, InFlight};
 use crate::proxy::{self, Forwarding, ProxyError};
 
@@ -126,6 +127,7 @@ pub async fn forward(
     forwarding: &Forwarding,
     client: &awc::Client,
     id: &HeaderValue,
+    exchange: &mut Option<Exchange>,
 ) -> Result<HttpResponse, ProxyError> {
     let arrived = Instant::now();
     if let Err(err) = ws::verify_handshake(req.head()) {
@@ -146,19 +148,31 @@ pub async fn forward(
         let endpoint = pick.endpoint;
         tried.push(endpoint.clone());
         let in_flight = endpoint.start_request();
-        let err = match connect(client, req, &endpoint, &headers).await {
+        let sent_at = Instant::now();
+        let connected = connect(client, req, &endpoint, &headers).await;
+        // The endpoint's answer to the handshake, for the access log and its counters.
+        let mut answered = |status: StatusCode| {
+            let took = sent_at.elapsed();
+            proxy::answered(&endpoint, status, took, exchange.as_mut());
+        };
+        let err = match connected {
             Ok((res, upstream)) => {
-                proxy::succeeded(&endpoint);
+                answered(res.status());
                 return accept(req, payload, res.headers(), upstream, in_flight, &endpoint);
             }
             Err(WsClientError::SendRequest(SendRequestError::Custom(err, _)))
                 if err.is::<Refused>() =>
             {
-                proxy::succeeded(&endpoint);
                 let refused = err.downcast::<Refused>().expect("checked with is()");
+                answered(refused.head.status);
                 return Ok(refused.relay(in_flight));
             }
-            Err(WsClientError::SendRequest(err)) => err,
+            Err(WsClientError::SendRequest(err)) => {
+                if let Some(exchange) = exchange.as_mut() {
+                    exchange.tried(endpoint.addr(), None);
+                }
+                err
+            }
             Err(err) => {
                 return Err(ProxyError::BadUpgrade {
                     endpoint: endpoint.addr(),

@@ -209,7 +209,7 @@ async fn server_close_reaches_the_client_with_code_and_reason() {
     assert_eq!(next(&mut ws).await, None);
 }
 
-/// Successive WebSockets go to the endpoints in round-robin order.
+/// Successive WebSockets go to the endpoints in round-robin order, each handshake counted.
 #[actix_web::test]
 async fn successive_websockets_are_balanced_round_robin() {
     let backends: Vec<_> = (1..=3)
@@ -227,6 +227,19 @@ async fn successive_websockets_are_balanced_round_robin() {
         open_ones.push(ws);
     }
     assert_eq!(served_by, ["b1", "b2", "b3", "b1", "b2", "b3"]);
+
+    // Each endpoint's two handshakes are counted as tries answered 1xx.
+    let mut res = client()
+        .get(format!("http://{}/metrics", lb.admin_addrs()[0]))
+        .send()
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    for a in &addrs {
+        let line =
+            format!("rondo_requests_total{{upstream=\"{a}\",endpoint=\"{a}\",class=\"1xx\"}} 2\n");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }
 
 /// The subprotocol the endpoint chose among those the client offered is the one the client gets.
