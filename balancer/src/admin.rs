@@ -140,20 +140,14 @@ async fn change(
             "rondo: '{address}' is not an endpoint address: write it as ip:port, e.g. 172.18.0.3:8080\n"
         ));
     };
-    let rotation = admin.selector.load();
-    let matching: Vec<&Arc<Endpoint>> = rotation
-        .set()
-        .endpoints()
-        .iter()
-        .filter(|e| e.addr() == addr)
-        .collect();
+    let matching = admin.selector.set_enabled(addr, enable);
     if matching.is_empty() {
         return HttpResponse::NotFound().body(format!(
             "rondo: no endpoint {addr}: GET /status lists the endpoints discovery found\n"
         ));
     }
-    for endpoint in &matching {
-        if endpoint.set_enabled(enable) {
+    for (endpoint, changed) in &matching {
+        if *changed {
             info!(
                 "admin: {} ({}) {} by hand",
                 endpoint.addr(),
@@ -165,7 +159,7 @@ async fn change(
     HttpResponse::Ok().json(
         matching
             .iter()
-            .map(|e| endpoint_status(e, admin.health_checks))
+            .map(|(e, _)| endpoint_status(e, admin.health_checks))
             .collect::<Vec<_>>(),
     )
 }

@@ -13,6 +13,7 @@
 //! request already tried. When no endpoint is healthy, every endpoint is tried in turn anyway
 //! (as nginx and Envoy do): a health check can be wrong, a 503 is sure to be.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -116,6 +117,9 @@ pub struct RoundRobin {
     none_healthy: AtomicBool,
     /// Times the endpoint set was replaced (for `/metrics`).
     changes: AtomicU64,
+    /// Addresses drained by hand: an endpoint that leaves discovery and comes back at one of
+    /// them stays drained (as HAProxy keeps a server in maintenance).
+    drained: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl Default for RoundRobin {
@@ -133,6 +137,7 @@ impl RoundRobin {
             passive,
             none_healthy: AtomicBool::new(false),
             changes: AtomicU64::new(0),
+            drained: Default::default(),
         }
     }
 
@@ -169,6 +174,14 @@ impl RoundRobin {
     /// Called by discovery only (one writer). Requests that loaded the old rotation finish on
     /// it; their endpoints keep their state because [`EndpointSet::build`] reuses them.
     pub fn replace(&self, set: EndpointSet) {
+        {
+            let drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+            for endpoint in set.endpoints() {
+                if drained.contains(&endpoint.addr()) {
+                    endpoint.set_enabled(false);
+                }
+            }
+        }
         let old = self.current.load();
         let start = match old.last_selected() {
             Some(last) => set.position_after(last),
@@ -176,6 +189,35 @@ impl RoundRobin {
         };
         self.current.store(Arc::new(Rotation::new(set, start)));
         self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drains (`enable` false) or enables every endpoint at `addr`, now and whenever discovery
+    /// finds it again; returns the endpoints at that address, each with whether this changed
+    /// it (empty: no such endpoint, and nothing is remembered).
+    pub fn set_enabled(&self, addr: SocketAddr, enable: bool) -> Vec<(Arc<Endpoint>, bool)> {
+        let rotation = self.current.load();
+        let matching: Vec<Arc<Endpoint>> = rotation
+            .set()
+            .endpoints()
+            .iter()
+            .filter(|e| e.addr() == addr)
+            .cloned()
+            .collect();
+        if !matching.is_empty() {
+            let mut drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+            if enable {
+                drained.remove(&addr);
+            } else {
+                drained.insert(addr);
+            }
+        }
+        matching
+            .into_iter()
+            .map(|e| {
+                let changed = e.set_enabled(enable);
+                (e, changed)
+            })
+            .collect()
     }
 
     /// Times the endpoint set was replaced since the start (the first discovery included).
@@ -189,7 +231,6 @@ mod tests {
     use super::*;
     use crate::endpoint::UpstreamEndpoints;
     use std::collections::HashMap;
-    use std::net::SocketAddr;
 
     fn addr(last: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, last], 8080))
@@ -388,5 +429,25 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert_eq!(set.endpoints()[0].upstream(), "a:80");
         assert_eq!(set.endpoints()[1].upstream(), "b:80");
+    }
+
+    /// A drained address stays drained when its endpoint leaves discovery and comes back new;
+    /// enabling it lets the next one in.
+    #[test]
+    fn drains_outlive_discovery() {
+        let rr = RoundRobin::default();
+        rr.replace(set_of(&[("a", &[1, 2])], &EndpointSet::default()));
+        assert_eq!(rr.set_enabled(addr(2), false).len(), 1);
+        assert!(rr.set_enabled(addr(9), false).is_empty());
+        rr.replace(set_of(&[("a", &[1])], rr.load().set()));
+        rr.replace(set_of(&[("a", &[1, 2])], rr.load().set()));
+        let back = rr.load().set().endpoints()[1].clone();
+        assert_eq!(back.addr(), addr(2));
+        assert!(!back.is_enabled());
+        assert!(rr.set_enabled(addr(2), true)[0].1);
+        assert!(back.is_enabled());
+        rr.replace(set_of(&[("a", &[1])], rr.load().set()));
+        rr.replace(set_of(&[("a", &[1, 2])], rr.load().set()));
+        assert!(rr.load().set().endpoints()[1].is_enabled());
     }
 }
