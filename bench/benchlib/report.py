@@ -78,8 +78,8 @@ def idle_table(results, scenarios):
         n = sc.idle_connections
         lines += [
             f"| Scenario | Balancer | RSS before MiB | RSS with {n:,} idle MiB | KiB per connection "
-            f"| PSS with {n:,} idle MiB | Still open when measured |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            f"| PSS with {n:,} idle MiB | Seconds to open them | Still open when measured |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name in balancers_of(results, sc.id):
             runs = results[sc.id][name]
@@ -90,7 +90,8 @@ def idle_table(results, scenarios):
                 f"| {_cell([r['rss_kib'] / 1024 for r in runs], 1)} "
                 f"| {_cell(per_conn, 2)} "
                 f"| {_cell([r['pss_kib'] / 1024 for r in runs], 1)} "
-                f"| {min(r['open'] for r in runs):,} of {n:,} |"
+                f"| {_cell([r['open_s'] for r in runs], 1)} "
+                f"| {_cell([r['open'] for r in runs], 0)} of {n:,} |"
             )
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ One measurement: CPU ticks of the balancer's process tree read before and after 
 peak summed RSS sampled during it, and wrk's own figures.
 """
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -87,6 +88,21 @@ class Runner:
     # -- host scenarios (1-6) --------------------------------------------------------------
 
     def run_host(self, scenario, backends):
+        """Loads (1-5) or fills with idle connections (6) the three balancers in front of
+        `backends`. Under load each balancer runs through all rounds; for idle connections each
+        round starts fresh balancers, because memory an allocator kept from the round before
+        would count again."""
+        if scenario.kind == "idle":
+            for r in range(self.opts.rounds):
+                with self._balancers(scenario, backends) as started:
+                    self._idle_round(scenario, started, r)
+        else:
+            with self._balancers(scenario, backends) as started:
+                self._wrk_rounds(scenario, started)
+
+    @contextlib.contextmanager
+    def _balancers(self, scenario, backends):
+        """rondo, nginx and HAProxy started in front of `backends`, stopped on leaving."""
         started = []
         capacity = balancers.capacity(
             scenario.idle_connections if scenario.kind == "idle" else 2 * scenario.connections
@@ -98,10 +114,7 @@ class Runner:
                 else:
                     b = cls(backends.endpoints, self.workers, capacity)
                 started.append(b.start())
-            if scenario.kind == "idle":
-                self._idle_rounds(scenario, started)
-            else:
-                self._wrk_rounds(scenario, started)
+            yield started
         finally:
             for b in started:
                 b.stop()
@@ -146,37 +159,36 @@ class Runner:
                     f"RSS {peak / 1024:6.1f} MiB  errors {fig['errors']}"
                 )
 
-    def _idle_rounds(self, scenario, targets):
+    def _idle_round(self, scenario, targets, r):
         runs = self.results.setdefault(scenario.id, {})
         n = scenario.idle_connections
-        for r in range(self.opts.rounds):
-            for b in targets:
+        for b in targets:
+            pids = b.pids()
+            base = procs.rss_kib(pids)
+            started = time.monotonic()
+            conns = idle.IdleConnections(b.port, n)
+            try:
+                opened = time.monotonic() - started
                 pids = b.pids()
-                base = procs.rss_kib(pids)
-                conns = idle.IdleConnections(b.port, n)
-                try:
-                    opened = time.monotonic()
-                    pids = b.pids()
-                    rss = procs.rss_kib(pids)
-                    pss = procs.pss_kib(pids)
-                    still_open = conns.still_open()
-                    held = time.monotonic() - opened
-                finally:
-                    conns.close()
-                fig = {
-                    "base_kib": base,
-                    "rss_kib": rss,
-                    "pss_kib": pss,
-                    "open": still_open,
-                    "held_s": held,
-                }
-                runs.setdefault(b.name, []).append(fig)
-                self.log(
-                    f"  [{scenario.id}] round {r + 1}/{self.opts.rounds} {b.name:8} "
-                    f"RSS {base / 1024:6.1f} -> {rss / 1024:6.1f} MiB with {n:,} idle "
-                    f"connections (PSS {pss / 1024:.1f} MiB; {still_open:,} still open)"
-                )
-                time.sleep(1.0)  # let the balancer see the closes before the next one is loaded
+                rss = procs.rss_kib(pids)
+                pss = procs.pss_kib(pids)
+                still_open = conns.still_open()
+            finally:
+                conns.close()
+            fig = {
+                "base_kib": base,
+                "rss_kib": rss,
+                "pss_kib": pss,
+                "open": still_open,
+                "open_s": opened,
+            }
+            runs.setdefault(b.name, []).append(fig)
+            self.log(
+                f"  [{scenario.id}] round {r + 1}/{self.opts.rounds} {b.name:8} "
+                f"RSS {base / 1024:6.1f} -> {rss / 1024:6.1f} MiB with {n:,} idle "
+                f"connections (PSS {pss / 1024:.1f} MiB; opened in {opened:.1f} s, "
+                f"{still_open:,} still open)"
+            )
         self.commands.setdefault(
             scenario.id,
             [f"(Python: {n:,} connections to 127.0.0.1, one GET / on each, then held idle)"],
