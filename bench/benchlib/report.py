@@ -1,5 +1,6 @@
 """Medians and spreads of the runs, the markdown report and the SVG chart."""
 
+import shlex
 import statistics
 from html import escape
 
@@ -90,7 +91,7 @@ def idle_table(results, scenarios):
                 f"| {_cell([r['rss_kib'] / 1024 for r in runs], 1)} "
                 f"| {_cell(per_conn, 2)} "
                 f"| {_cell([r['pss_kib'] / 1024 for r in runs], 1)} "
-                f"| {_cell([r['open_s'] for r in runs], 1)} "
+                f"| {_cell([r['open_s'] for r in runs if 'open_s' in r], 1)} "
                 f"| {_cell([r['open'] for r in runs], 0)} of {n:,} |"
             )
     return "\n".join(lines)
@@ -208,7 +209,12 @@ def markdown(results, scenarios, commands, meta):
         "",
     ]
     for sc in ran:
-        parts.append(f"- {sc.id}. {sc.describe()}: `{' '.join(commands.get(sc.id, []))}`")
+        command = commands.get(sc.id, "")
+        if not isinstance(command, str):  # results.json of an older run: a list of arguments
+            command = command[0] if len(command) == 1 else shlex.join(command)
+        parts.append(f"- {sc.id}. {sc.describe()}: `{command}`")
+    parts.append("")
+    parts.append("The port is the balancer's (a free one, picked per run).")
     parts += ["", "## Notes", ""]
     parts += [f"- {n}" for n in meta["notes"]]
     parts += ["", "![chart](chart.svg)", ""]

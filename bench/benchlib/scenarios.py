@@ -8,6 +8,7 @@ peak summed RSS sampled during it, and wrk's own figures.
 """
 
 import contextlib
+import shlex
 import time
 from dataclasses import dataclass, field
 
@@ -150,7 +151,7 @@ class Runner:
                 fig["cpu_us"] = cpu / max(fig["requests"], 1) * 1e6
                 fig["rss_kib"] = peak
                 fig["processes"] = len(pids)
-                self.commands.setdefault(scenario.id, fig.pop("command"))
+                self.commands.setdefault(scenario.id, shlex.join(fig.pop("command")))
                 runs.setdefault(b.name, []).append(fig)
                 self.log(
                     f"  [{scenario.id}] round {r + 1}/{self.opts.rounds} {b.name:8} "
@@ -191,7 +192,7 @@ class Runner:
             )
         self.commands.setdefault(
             scenario.id,
-            [f"(Python: {n:,} connections to 127.0.0.1, one GET / on each, then held idle)"],
+            f"(Python: {n:,} connections to 127.0.0.1, one GET / on each, then held idle)",
         )
 
     # -- scenario 7 --------------------------------------------------------------------------
