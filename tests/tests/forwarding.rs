@@ -243,34 +243,6 @@ async fn ten_megabyte_bodies_arrive_intact_both_ways() {
     assert_eq!(hex::encode(Sha256::digest(&body)), expected);
 }
 
-/// 64 KiB responses on one kept-alive connection come back without waiting for delayed ACKs:
-/// with Nagle's algorithm on (no TCP_NODELAY) the short last write of each body waits for the
-/// client's delayed ACK, about 40 ms per response (bench/run's scenario 3 found it).
-#[actix_web::test]
-async fn sixty_four_kib_responses_do_not_wait_for_delayed_acks() {
-    let b = start_backend("big", "b");
-    let lb = start_balancer(&config_for(&[upstream(b.addr)]), DnsResolver).await;
-    let client = client();
-    let mut took = Vec::new();
-    for _ in 0..21 {
-        let started = Instant::now();
-        let mut res = client
-            .get(url_of(&lb, "/bytes/65536"))
-            .send()
-            .await
-            .unwrap();
-        let body = res.body().limit(1 << 20).await.unwrap();
-        assert_eq!(body.len(), 65536);
-        took.push(started.elapsed());
-    }
-    took.sort();
-    assert!(
-        took[10] < Duration::from_millis(30),
-        "median response time {:?} (all: {took:?}): a delayed-ACK stall",
-        took[10]
-    );
-}
-
 /// Method, path, query, Host and end-to-end headers arrive unchanged; hop-by-hop headers are
 /// removed; an untrusted client's X-Forwarded-For is replaced; X-Forwarded-Proto, -Host, -Port
 /// and Via are set.
