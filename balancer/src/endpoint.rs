@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOr
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use actix_web::http::uri::{self, Authority, PathAndQuery, Scheme};
+use actix_web::http::Uri;
+
 use crate::health::{ActivePolicy, ActiveState, Admission, Flip, PassivePolicy, PassiveState};
 use crate::stats::EndpointStats;
 
@@ -24,6 +27,9 @@ pub struct Endpoint {
     addr: SocketAddr,
     /// `http://ip:port`, built once so the request path only appends the path and query.
     base_url: String,
+    /// `ip:port`, parsed once: a request's URI is put together from it and the request's
+    /// path without formatting or parsing a string.
+    authority: Authority,
     /// Requests this balancer has sent to the endpoint since it was first discovered.
     requests: AtomicU64,
     /// Requests sent and not yet finished (response body included); counted by [`InFlight`].
@@ -54,6 +60,8 @@ impl Endpoint {
             upstream,
             addr,
             base_url: format!("http://{addr}"),
+            authority: Authority::try_from(addr.to_string())
+                .expect("a socket address is a valid URI authority"),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             active_up: AtomicBool::new(!probed),
@@ -169,6 +177,18 @@ impl Endpoint {
     /// `http://ip:port` (IPv6 in brackets), with no trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The URI of `path` (origin form, `/` when `None`) on this endpoint.
+    pub fn uri(&self, path: Option<&PathAndQuery>) -> Uri {
+        let mut parts = uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path.cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).expect("scheme, authority and path make a URI")
     }
 
     /// Requests sent to this endpoint so far (counted when it is selected).

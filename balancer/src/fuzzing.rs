@@ -270,11 +270,11 @@ fn checked_forwarded(req: &HttpRequest, upstream: &mut HeaderMap) {
         forwarded: true,
     }
     .apply(
-        ClientSide {
-            peer: req.peer_addr().map(|a| a.ip()),
-            host: req.headers().get(header::HOST),
-            version: req.version(),
-        },
+        ClientSide::new(
+            req.peer_addr().map(|a| a.ip()),
+            req.headers().get(header::HOST),
+            req.version(),
+        ),
         upstream,
     );
     let chain: Vec<_> = upstream.get_all("x-forwarded-for").collect();

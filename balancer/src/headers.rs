@@ -111,20 +111,50 @@ fn is_sane_id(id: &[u8]) -> bool {
 
 /// 128 random bits as 32 lowercase hex digits.
 pub fn new_request_id() -> HeaderValue {
-    let mut id = String::with_capacity(32);
-    let _ = write!(id, "{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+    HeaderValue::from_bytes(&hex32(fastrand::u128(..)))
+        .expect("hex digits are a valid header value")
+}
+
+/// `bits` as 32 lowercase hex digits, as `format!("{bits:032x}")` without the formatter.
+fn hex32(bits: u128) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    id
 }
 
 /// What the balancer knows of the client connection a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientSide<'a> {
     /// The peer's address; `None` only for connections without one (never over TCP).
     pub peer: Option<IpAddr>,
+    /// The peer's address as forwarding headers write it ([`peer_value`]), made once per
+    /// connection by [`crate::connection::ClientConnection`].
+    pub peer_value: Option<HeaderValue>,
     /// The request's `Host` header.
     pub host: Option<&'a HeaderValue>,
     /// The HTTP version the client spoke.
     pub version: Version,
+}
+
+impl<'a> ClientSide<'a> {
+    /// A client at `peer`, its address formatted here.
+    pub fn new(peer: Option<IpAddr>, host: Option<&'a HeaderValue>, version: Version) -> Self {
+        ClientSide {
+            peer,
+            peer_value: peer.and_then(peer_value),
+            host,
+            version,
+        }
+    }
+}
+
+/// A client's address as forwarding headers write it: IPv4 clients of a dual-stack listener
+/// (`::ffff:a.b.c.d`) as IPv4.
+pub fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&peer.to_canonical().to_string()).ok()
 }
 
 /// How forwarding headers are written: whom to believe, and whether to add `Forwarded`.
@@ -136,6 +166,9 @@ pub struct ForwardingPolicy {
     pub forwarded: bool,
 }
 
+/// `X-Forwarded-Port` when `Host` names no port.
+const PORT_80: HeaderValue = HeaderValue::from_static("80");
+
 impl ForwardingPolicy {
     /// Whether a request from `peer` comes from a trusted proxy.
     pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
@@ -144,66 +177,121 @@ impl ForwardingPolicy {
 
     /// Sets the forwarding headers and `Via` in `headers`, the request about to go to an
     /// endpoint, which already holds the client's end-to-end headers.
+    ///
+    /// Runs on every request: headers the client did not send are not looked up or removed
+    /// one by one (each lookup hashes the name), and the peer's address comes formatted.
     pub fn apply(&self, client: ClientSide<'_>, headers: &mut HeaderMap) {
         let trusted = self.trusts(client.peer);
-        // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`: write them as IPv4.
-        let peer = client.peer.map(|ip| ip.to_canonical().to_string());
-        if !trusted {
+        // Which of the headers a client may claim things in it sent: usually none.
+        let mut sent = Claims::default();
+        for name in headers.keys() {
+            sent.note(name);
+        }
+        if !trusted && sent.other {
             for name in &CLIENT_CLAIMS {
                 headers.remove(name);
             }
         }
+        let peer = client.peer_value.clone();
         // X-Real-IP: the client's address, as nginx's `proxy_set_header X-Real-IP $remote_addr`.
-        if !(trusted && headers.contains_key(X_REAL_IP)) {
-            set_or_remove(headers, X_REAL_IP, peer.as_deref().unwrap_or(""));
+        if !(trusted && sent.real_ip) {
+            set_value(headers, X_REAL_IP, peer.clone(), sent.real_ip);
         }
 
         // X-Forwarded-For: one comma-separated list, as nginx's $proxy_add_x_forwarded_for.
-        let mut chain = String::new();
-        if trusted {
+        if trusted && sent.forwarded_for {
+            let mut chain = String::new();
             for v in headers.get_all(X_FORWARDED_FOR) {
                 if let Ok(v) = v.to_str() {
                     push_list(&mut chain, v);
                 }
             }
+            if let Some(peer) = peer.as_ref().and_then(|p| p.to_str().ok()) {
+                push_list(&mut chain, peer);
+            }
+            set_or_remove(headers, X_FORWARDED_FOR, &chain);
+        } else {
+            set_value(headers, X_FORWARDED_FOR, peer, sent.forwarded_for);
         }
-        if let Some(peer) = &peer {
-            push_list(&mut chain, peer);
-        }
-        set_or_remove(headers, X_FORWARDED_FOR, &chain);
 
-        if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        if !(trusted && sent.proto) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
-        if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
-            match client.host {
-                Some(host) => {
-                    headers.insert(X_FORWARDED_HOST, host.clone());
-                }
-                None => {
-                    headers.remove(X_FORWARDED_HOST);
-                }
-            }
+        if !(trusted && sent.host) {
+            set_value(headers, X_FORWARDED_HOST, client.host.cloned(), sent.host);
         }
-        if !(trusted && headers.contains_key(X_FORWARDED_PORT)) {
-            let port = client.host.and_then(host_port).unwrap_or(80);
-            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        if !(trusted && sent.port) {
+            let port = match client.host.and_then(host_port) {
+                None | Some(80) => PORT_80,
+                Some(port) => HeaderValue::from(port),
+            };
+            headers.insert(X_FORWARDED_PORT, port);
         }
 
-        let mut forwarded = String::new();
-        if trusted {
-            for v in headers.get_all(header::FORWARDED) {
-                if let Ok(v) = v.to_str() {
-                    push_list(&mut forwarded, v);
+        if (trusted && sent.forwarded) || self.forwarded {
+            let mut forwarded = String::new();
+            if trusted {
+                for v in headers.get_all(header::FORWARDED) {
+                    if let Ok(v) = v.to_str() {
+                        push_list(&mut forwarded, v);
+                    }
                 }
             }
+            if self.forwarded {
+                let peer = client.peer_value.as_ref().and_then(|p| p.to_str().ok());
+                push_list(&mut forwarded, &forwarded_element(&client, peer));
+            }
+            set_or_remove(headers, header::FORWARDED, &forwarded);
+        } else if sent.forwarded {
+            headers.remove(header::FORWARDED);
         }
-        if self.forwarded {
-            push_list(&mut forwarded, &forwarded_element(&client, peer.as_deref()));
-        }
-        set_or_remove(headers, header::FORWARDED, &forwarded);
 
         add_via(headers, client.version);
+    }
+}
+
+/// Which forwarding headers a request carries, found in one pass over its names.
+#[derive(Debug, Default)]
+struct Claims {
+    real_ip: bool,
+    forwarded_for: bool,
+    proto: bool,
+    host: bool,
+    port: bool,
+    forwarded: bool,
+    /// One of [`CLIENT_CLAIMS`].
+    other: bool,
+}
+
+impl Claims {
+    fn note(&mut self, name: &HeaderName) {
+        let name = name.as_str();
+        // Every name here starts with `x-` or `f`: most headers are passed over at once.
+        if !(name.starts_with("x-") || name.starts_with('f')) {
+            return;
+        }
+        match name {
+            "x-real-ip" => self.real_ip = true,
+            "x-forwarded-for" => self.forwarded_for = true,
+            "x-forwarded-proto" => self.proto = true,
+            "x-forwarded-host" => self.host = true,
+            "x-forwarded-port" => self.port = true,
+            "forwarded" => self.forwarded = true,
+            _ => self.other |= CLIENT_CLAIMS.iter().any(|c| c.as_str() == name),
+        }
+    }
+}
+
+/// Sets `name` to `value`, or removes it (when `present`) for no value.
+fn set_value(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>, present: bool) {
+    match value {
+        Some(value) => {
+            headers.insert(name, value);
+        }
+        None if present => {
+            headers.remove(name);
+        }
+        None => {}
     }
 }
 
@@ -328,11 +416,7 @@ mod tests {
     }
 
     fn client<'a>(peer: &str, host: Option<&'a HeaderValue>) -> ClientSide<'a> {
-        ClientSide {
-            peer: Some(peer.parse().unwrap()),
-            host,
-            version: Version::HTTP_11,
-        }
+        ClientSide::new(Some(peer.parse().unwrap()), host, Version::HTTP_11)
     }
 
     /// Hop-by-hop headers, and the ones `Connection` names, are dropped; others are kept in order.
@@ -501,5 +585,8 @@ mod tests {
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
         }
         assert_ne!(new_request_id(), new_request_id());
+        for bits in [0, 1, 0xfedc_ba98_7654_3210, u128::MAX, fastrand::u128(..)] {
+            assert_eq!(hex32(bits), format!("{bits:032x}").as_bytes());
+        }
     }
 }

@@ -17,6 +17,7 @@
 //!   (CONNECT, Host confusion, `_` aliases of framing headers) before they are forwarded.
 //! - [`websocket`]: WebSocket upgrades: the handshake with an endpoint, then frames relayed
 //!   both ways (`proxy::forward` hands upgrades to it once they passed the screen and the head limits).
+//! - [`connection`]: what is kept per client connection (a refusal, the peer's address).
 //! - [`server`]: wires discovery, one awc client per worker, and actix-web together.
 //! - `fuzzing` (hidden): fuzz entry points over the header handling and config parsers, kept
 //!   here so crashes `cargo fuzz` finds (`scripts/fuzz`) replay in `cargo test`.
@@ -38,6 +39,7 @@
 pub mod access;
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod discovery;
 pub mod endpoint;
 #[doc(hidden)]

@@ -30,6 +30,7 @@ use smallvec::SmallVec;
 
 use crate::access::Exchange;
 use crate::config::AccessLog;
+use crate::connection::ClientConnection;
 use crate::endpoint::{Endpoint, InFlight};
 pub use crate::headers::copy_end_to_end;
 use crate::headers::{self as hdr, ClientSide, ForwardingPolicy, X_REQUEST_ID};
@@ -222,6 +223,15 @@ impl Forwarding {
     }
 }
 
+/// One worker's awc clients, sharing nothing with other workers' (awc's pool is per client).
+pub struct Clients {
+    /// For plain requests.
+    pub plain: awc::Client,
+    /// For WebSocket handshakes, with [`websocket::KeepRefusedUpgrades`]; kept apart so plain
+    /// requests do not go through that middleware (a boxed future each).
+    pub upgrades: awc::Client,
+}
+
 /// A request body as it will be sent: held in memory (and so sendable again) or streamed.
 enum RequestBody {
     None,
@@ -245,7 +255,7 @@ pub async fn forward(
     req: HttpRequest,
     payload: web::Payload,
     forwarding: web::Data<Forwarding>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<Clients>,
 ) -> HttpResponse {
     let id = hdr::request_id(req.headers());
     let mut exchange = Some(Exchange::new(
@@ -254,7 +264,7 @@ pub async fn forward(
         &forwarding.totals,
         forwarding.access_log,
     ));
-    let res = match try_forward(&req, payload, &forwarding, &client, &id, &mut exchange).await {
+    let res = match try_forward(&req, payload, &forwarding, &clients, &id, &mut exchange).await {
         Ok(mut res) => {
             res.headers_mut().insert(X_REQUEST_ID, id);
             res
@@ -276,7 +286,7 @@ async fn try_forward(
     req: &HttpRequest,
     payload: web::Payload,
     forwarding: &Forwarding,
-    client: &awc::Client,
+    clients: &Clients,
     id: &HeaderValue,
     exchange: &mut Option<Exchange>,
 ) -> Result<HttpResponse, ProxyError> {
@@ -291,7 +301,7 @@ async fn try_forward(
     }
     limits::check_head(req, &forwarding.limits)?;
     if websocket::is_upgrade(req) {
-        return websocket::forward(req, payload, forwarding, client, id, exchange).await;
+        return websocket::forward(req, payload, forwarding, &clients.upgrades, id, exchange).await;
     }
     let (mut body, fault) = read_body(payload, req.headers(), forwarding).await?;
     let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
@@ -308,7 +318,7 @@ async fn try_forward(
         let in_flight = endpoint.start_request();
 
         let sent_at = Instant::now();
-        let sent = send(client, req, forwarding, id, &endpoint, &mut body).await;
+        let sent = send(&clients.plain, req, forwarding, id, &endpoint, &mut body).await;
         let res = match sent {
             Ok(res) => {
                 answered(
@@ -354,14 +364,18 @@ pub(crate) fn upstream_headers(
     id: &HeaderValue,
     headers: &mut HeaderMap,
 ) {
-    forwarding.forwarding_headers.apply(
-        ClientSide {
-            peer: req.peer_addr().map(|a| a.ip()),
-            host: req.headers().get(header::HOST),
+    let peer = req.peer_addr().map(|a| a.ip());
+    let host = req.headers().get(header::HOST);
+    let client = match ClientConnection::of(req) {
+        Some(connection) => ClientSide {
+            peer,
+            peer_value: connection.peer_value(peer),
+            host,
             version: req.version(),
         },
-        headers,
-    );
+        None => ClientSide::new(peer, host, req.version()),
+    };
+    forwarding.forwarding_headers.apply(client, headers);
     headers.insert(X_REQUEST_ID, id.clone());
 }
 
@@ -519,11 +533,10 @@ async fn send(
     endpoint: &Endpoint,
     body: &mut RequestBody,
 ) -> Result<awc::ClientResponse, SendRequestError> {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut upstream_req = client
         .request(
             req.method().clone(),
-            format!("{}{path}", endpoint.base_url()),
+            endpoint.uri(req.uri().path_and_query()),
         )
         // Without this awc would add `Accept-Encoding: identity` to requests that had none.
         .no_decompress();

@@ -17,16 +17,15 @@
 //!
 //! The balancer closes the connection after a refusal (as nginx does after a 400). Requests
 //! the client had pipelined behind the refused one, which actix-http may already have parsed,
-//! are refused too ([`on_connect`] gives each connection the memory of a refusal): nothing
+//! are refused too ([`ClientConnection`] keeps the memory of a refusal): nothing
 //! that came after a refused head is forwarded.
 
-use std::any::Any;
-use std::cell::Cell;
-
-use actix_web::dev::{Extensions, RequestHead};
+use actix_web::dev::RequestHead;
 use actix_web::http::header::{self, HeaderName};
 use actix_web::http::{Method, StatusCode};
 use actix_web::HttpRequest;
+
+use crate::connection::ClientConnection;
 
 /// Why a request is not forwarded, and the status that says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,27 +65,18 @@ const ALIASED: [&str; 7] = [
     "x-real-ip",
 ];
 
-/// Whether a request on this connection was refused (set up by [`on_connect`]).
-#[derive(Debug, Default)]
-struct Refused(Cell<bool>);
-
-/// Gives each new connection the memory of a refusal; pass to `HttpServer::on_connect`.
-pub fn on_connect(_: &dyn Any, data: &mut Extensions) {
-    data.insert(Refused::default());
-}
-
 /// Checks `req` with [`check`], and refuses every request after a refused one on the same
-/// connection. Without [`on_connect`] it only checks.
+/// connection. Without a [`ClientConnection`] (tests) it only checks.
 pub fn screen(req: &HttpRequest) -> Result<(), Rejection> {
-    let refused = req.conn_data::<Refused>();
-    if refused.is_some_and(|r| r.0.get()) {
+    let connection = ClientConnection::of(req);
+    if connection.is_some_and(ClientConnection::refused) {
         return Err(Rejection::bad(
             "an earlier request on this connection was refused: send this one on a new connection",
         ));
     }
     let checked = check(req.head());
-    if let (Err(_), Some(refused)) = (&checked, refused) {
-        refused.0.set(true);
+    if let (Err(_), Some(connection)) = (&checked, connection) {
+        connection.refuse();
     }
     checked
 }

@@ -16,12 +16,12 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::connection;
 use crate::discovery::{Discovery, Resolve};
 use crate::health;
-use crate::proxy::{self, Forwarding};
-use crate::screen;
+use crate::proxy::{self, Clients, Forwarding};
 use crate::selection::RoundRobin;
-use crate::stats::{self, Totals};
+use crate::stats::Totals;
 use crate::websocket;
 
 /// A balancer that is serving: its server, its discovery loop and its endpoint selector.
@@ -159,14 +159,10 @@ pub async fn start<R: Resolve>(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(forwarding.clone())
-            .app_data(web::Data::new(upstream_client(&client_config)))
+            .app_data(web::Data::new(upstream_clients(&client_config)))
             .default_service(web::to(proxy::forward))
     })
-    .on_connect(move |conn, data| {
-        screen::on_connect(conn, data);
-        // Counted while the connection's data lives: until the connection closes.
-        data.insert(stats::Connection::open(connections.clone()));
-    })
+    .on_connect(move |conn, data| connection::on_connect(&connections, conn, data))
     .workers(config.worker_count())
     .max_connections(config.connections_per_worker())
     .client_request_timeout(config.client_timeout)
@@ -225,20 +221,29 @@ async fn await_first_probes(selector: &RoundRobin, probe_timeout: std::time::Dur
     }
 }
 
-/// The awc client of one worker: keep-alive pool to endpoints with no limit on connections
+/// The awc clients of one worker: keep-alive pool to endpoints with no limit on connections
 /// checked out (awc's default of 100 queues requests), no redirects followed, no
-/// decompression (awc is built without it), no default `User-Agent` added; an endpoint's
-/// refusal of a WebSocket upgrade is kept whole ([`websocket::KeepRefusedUpgrades`]).
-fn upstream_client(config: &Config) -> Client {
-    let connector = Connector::new()
-        .limit(0)
-        .timeout(config.connect_timeout)
-        .conn_keep_alive(config.upstream_idle_timeout);
-    Client::builder()
-        .connector(connector)
-        .timeout(config.response_timeout)
-        .disable_redirects()
-        .no_default_headers()
-        .wrap(websocket::KeepRefusedUpgrades)
-        .finish()
+/// decompression (awc is built without it), no default `User-Agent` added. The client for
+/// WebSocket handshakes keeps an endpoint's refusal of an upgrade whole
+/// ([`websocket::KeepRefusedUpgrades`]).
+fn upstream_clients(config: &Config) -> Clients {
+    let connector = || {
+        Connector::new()
+            .limit(0)
+            .timeout(config.connect_timeout)
+            .conn_keep_alive(config.upstream_idle_timeout)
+    };
+    let builder = || {
+        Client::builder()
+            .timeout(config.response_timeout)
+            .disable_redirects()
+            .no_default_headers()
+    };
+    Clients {
+        plain: builder().connector(connector()).finish(),
+        upgrades: builder()
+            .connector(connector())
+            .wrap(websocket::KeepRefusedUpgrades)
+            .finish(),
+    }
 }

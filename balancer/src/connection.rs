@@ -1,0 +1,68 @@
+//! What the balancer keeps for each client connection, in the connection's data (set up by
+//! [`on_connect`], read with `HttpRequest::conn_data`): whether a request on it was refused,
+//! the peer's address as the forwarding headers write it, and the open-connection count.
+//!
+//! One value per connection, so a keep-alive connection formats its peer's address once, not
+//! once per request.
+
+use std::any::Any;
+use std::cell::{Cell, OnceCell};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix_web::dev::Extensions;
+use actix_web::http::header::HeaderValue;
+use actix_web::HttpRequest;
+
+use crate::stats::{self, Totals};
+
+/// One client connection's state.
+#[derive(Debug)]
+pub struct ClientConnection {
+    /// A request on this connection was refused; every later one is too ([`crate::screen`]).
+    refused: Cell<bool>,
+    /// The peer's address as forwarding headers write it, made on the first request.
+    peer: OnceCell<Option<HeaderValue>>,
+    /// Counts the connection as open until its data is dropped (the connection closed).
+    _open: Option<stats::Connection>,
+}
+
+impl ClientConnection {
+    /// The state of a new connection, counted in `totals` while it is open (when given).
+    pub fn new(totals: Option<Arc<Totals>>) -> Self {
+        ClientConnection {
+            refused: Cell::new(false),
+            peer: OnceCell::new(),
+            _open: totals.map(stats::Connection::open),
+        }
+    }
+
+    /// The state of the connection `req` came on; `None` for a request made without a
+    /// connection (tests).
+    pub fn of(req: &HttpRequest) -> Option<&ClientConnection> {
+        req.conn_data::<ClientConnection>()
+    }
+
+    /// Whether a request on this connection was refused.
+    pub fn refused(&self) -> bool {
+        self.refused.get()
+    }
+
+    /// Remembers that a request on this connection was refused.
+    pub fn refuse(&self) {
+        self.refused.set(true);
+    }
+
+    /// The peer's address `peer` as a header value, made once per connection.
+    pub fn peer_value(&self, peer: Option<IpAddr>) -> Option<HeaderValue> {
+        self.peer
+            .get_or_init(|| peer.and_then(crate::headers::peer_value))
+            .clone()
+    }
+}
+
+/// Gives each new connection its [`ClientConnection`], counted in `totals`; wrapped by
+/// `HttpServer::on_connect`.
+pub fn on_connect(totals: &Arc<Totals>, _: &dyn Any, data: &mut Extensions) {
+    data.insert(ClientConnection::new(Some(totals.clone())));
+}
