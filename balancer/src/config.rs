@@ -78,6 +78,11 @@ pub struct Config {
     #[arg(long, env = "RONDO_CLIENT_TIMEOUT", default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
     pub client_timeout: Duration,
 
+    /// How long an idle keep-alive client connection is kept open for its next request (as
+    /// nginx's keepalive_timeout); 0 closes every connection after its response.
+    #[arg(long, env = "RONDO_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration, value_name = "DURATION")]
+    pub keepalive_timeout: Duration,
+
     /// Tries per request, the first included: a failed try is repeated on another endpoint
     /// when that is safe (see the README); 1 turns retries off.
     #[arg(long, env = "RONDO_TRIES", default_value = "3", value_parser = parse_tries, value_name = "N")]
@@ -578,6 +583,7 @@ mod tests {
         assert_eq!(c.upstreams.0.len(), 2);
         assert_eq!(c.upstreams.0[1].to_string(), "server2:8080");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
         assert_eq!(c.admin_listen, Some("127.0.0.1:9901".parse().unwrap()));
         assert_eq!(c.access_log, AccessLog::Common);
     }

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
+use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpServer};
 use awc::{Client, Connector};
 use log::info;
@@ -166,6 +167,10 @@ pub async fn start<R: Resolve>(
     .workers(config.worker_count())
     .max_connections(config.connections_per_worker())
     .client_request_timeout(config.client_timeout)
+    .keep_alive(match config.keepalive_timeout {
+        idle if idle.is_zero() => KeepAlive::Disabled,
+        idle => KeepAlive::Timeout(idle),
+    })
     // Bodies are relayed in the pieces the endpoint sends; without TCP_NODELAY a short last
     // piece waits for the client's delayed ACK (about 40 ms per 64 KiB response), as nginx's
     // `tcp_nodelay on` default avoids.

@@ -211,3 +211,74 @@ async fn connections_past_the_limit_wait_for_a_free_one() {
     let response = String::from_utf8_lossy(&out);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+/// Reads one response with a Content-Length body from `conn` (bounded: 5 s).
+async fn read_response(conn: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = raw_header(&text, "content-length").map_or(0, |v| v.parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut chunk))
+            .await
+            .expect("a response within 5 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed before the whole response: {text:?}"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Whether the balancer closed `conn` within `within` (EOF or reset), sending nothing more.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(within, conn.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => panic!("unexpected bytes on an idle connection"),
+        Err(_) => false,
+    }
+}
+
+/// An idle keep-alive connection stays open for RONDO_KEEPALIVE_TIMEOUT and serves the next
+/// request on it (with its buffers given back while idle, made again), then is closed; with
+/// `0s` each connection closes after its response.
+#[actix_web::test]
+async fn idle_connections_close_after_the_keepalive_timeout() {
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (_b, lb) = balancer_with(|c| c.keepalive_timeout = Duration::from_millis(800)).await;
+    let mut conn = TcpStream::connect(lb.addrs()[0]).await.unwrap();
+    for round in 0..3 {
+        conn.write_all(REQUEST).await.unwrap();
+        let response = read_response(&mut conn).await;
+        assert_eq!(status_of(&response), "200", "round {round}: {response}");
+        assert!(response.ends_with("Server 1"), "round {round}: {response}");
+        assert!(
+            !closed_within(&mut conn, Duration::from_millis(300)).await,
+            "round {round}: closed before the keep-alive timeout"
+        );
+    }
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(3)).await,
+        "an idle connection outlived the 800 ms keep-alive timeout by 2 s"
+    );
+
+    let (_b, lb) = balancer_with(|c| c.keepalive_timeout = Duration::ZERO).await;
+    let mut conn = TcpStream::connect(lb.addrs()[0]).await.unwrap();
+    conn.write_all(REQUEST).await.unwrap();
+    let response = read_response(&mut conn).await;
+    assert_eq!(status_of(&response), "200", "{response}");
+    assert_eq!(
+        raw_header(&response, "connection"),
+        Some("close"),
+        "{response}"
+    );
+    assert!(closed_within(&mut conn, Duration::from_secs(2)).await);
+}

@@ -1543,6 +1543,24 @@ where
                         }
                     }
 
+                    // rondo: a connection with nothing in progress and nothing buffered either
+                    // way (an idle keep-alive connection) gives its buffers back, 16 KiB, and
+                    // gets them again when the next request arrives, as nginx keeps idle
+                    // connections without buffers. See vendor/README.md.
+                    if state_is_none
+                        && inner_p.payload.is_none()
+                        && inner_p.messages.is_empty()
+                        && inner_p.read_buf.is_empty()
+                        && inner_p.write_buf.is_empty()
+                    {
+                        if inner_p.read_buf.capacity() > 0 {
+                            *inner_p.read_buf = BytesMut::new();
+                        }
+                        if inner_p.write_buf.capacity() > 0 {
+                            *inner_p.write_buf = BytesMut::new();
+                        }
+                    }
+
                     trace_timer_states(
                         "end",
                         inner_p.head_timer,
