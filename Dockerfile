@@ -28,13 +28,14 @@ COPY vendor vendor
 COPY backend/Cargo.toml backend/Cargo.toml
 COPY balancer/Cargo.toml balancer/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
-RUN mkdir -p backend/src balancer/src tests/src \
+RUN mkdir -p backend/src balancer/src balancer/benches tests/src \
  && echo 'fn main() {}' > backend/src/main.rs  && : > backend/src/lib.rs \
  && echo 'fn main() {}' > balancer/src/main.rs && : > balancer/src/lib.rs \
+ && echo 'fn main() {}' > balancer/benches/selection.rs \
  && : > tests/src/lib.rs \
  && cargo build --release --locked --target "$TARGET" -p backend -p balancer \
  && cargo clean --release --target "$TARGET" -p backend -p balancer \
- && rm -rf backend/src balancer/src
+ && rm -rf backend/src balancer/src balancer/benches
 
 # 2) The real sources (tests/ is only a workspace member here: its stub is enough). Touching
 #    them makes sure cargo sees them as newer than anything in the cached layer. The final loop

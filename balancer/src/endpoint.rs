@@ -329,3 +329,36 @@ impl EndpointSet {
         }
     }
 }
+
+#[cfg(test)]
+mod uri_tests {
+    use super::*;
+
+    /// A request's URI on an endpoint: its path and query as they came, `/` without a path,
+    /// IPv6 endpoints in brackets.
+    #[test]
+    fn uris_put_the_request_path_on_the_endpoint() {
+        let v4 = Endpoint::new(
+            0,
+            Arc::from("app:8080"),
+            "10.0.0.2:8080".parse().unwrap(),
+            false,
+        );
+        let path = PathAndQuery::from_static("/cart/a%20b?id=7&x=%2F");
+        assert_eq!(
+            v4.uri(Some(&path)).to_string(),
+            "http://10.0.0.2:8080/cart/a%20b?id=7&x=%2F"
+        );
+        assert_eq!(v4.uri(None).to_string(), "http://10.0.0.2:8080/");
+        let v6 = Endpoint::new(
+            0,
+            Arc::from("app:8080"),
+            "[::1]:9000".parse().unwrap(),
+            false,
+        );
+        assert_eq!(
+            v6.uri(Some(&PathAndQuery::from_static("/?q"))).to_string(),
+            "http://[::1]:9000/?q"
+        );
+    }
+}

@@ -488,6 +488,45 @@ mod tests {
     }
 
     /// From a trusted proxy the chain is appended to and its other forwarding headers kept.
+    /// A trusted proxy that sent only some forwarding headers: those are kept, the others
+    /// made; its `Forwarded` is kept with RONDO_FORWARDED off, and an untrusted client's is
+    /// replaced by rondo's own element with it on.
+    #[test]
+    fn trusted_proxies_partial_headers_and_forwarded_either_way() {
+        let host = HeaderValue::from_static("shop.example");
+        let mut h = map(&[
+            ("x-real-ip", "203.0.113.9"),
+            ("x-forwarded-host", "edge.example"),
+            ("x-forwarded-ssl", "on"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        policy("10.0.0.0/8", false).apply(client("10.9.8.7", Some(&host)), &mut h);
+        assert_eq!(get(&h, "x-real-ip"), Some("203.0.113.9"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("edge.example"));
+        assert_eq!(get(&h, "x-forwarded-ssl"), Some("on"));
+        assert_eq!(get(&h, "x-forwarded-for"), Some("10.9.8.7"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&h, "x-forwarded-port"), Some("80"));
+        assert_eq!(get(&h, "forwarded"), Some("for=203.0.113.9"));
+
+        let mut h = map(&[("forwarded", "for=6.6.6.6")]);
+        policy("", true).apply(client("192.0.2.7", Some(&host)), &mut h);
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=192.0.2.7;host=shop.example;proto=http")
+        );
+    }
+
+    /// Without a peer address (never over TCP) no client address is claimed.
+    #[test]
+    fn no_peer_sets_no_address() {
+        let mut h = map(&[("x-real-ip", "6.6.6.6"), ("x-forwarded-for", "6.6.6.6")]);
+        policy("", false).apply(ClientSide::new(None, None, Version::HTTP_11), &mut h);
+        assert_eq!(get(&h, "x-real-ip"), None);
+        assert_eq!(get(&h, "x-forwarded-for"), None);
+        assert_eq!(get(&h, "x-forwarded-port"), Some("80"));
+    }
+
     #[test]
     fn trusted_proxies_headers_are_appended_to() {
         let host = HeaderValue::from_static("shop.example");

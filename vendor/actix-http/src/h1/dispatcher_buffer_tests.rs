@@ -137,10 +137,10 @@ async fn check_buffer_retention(body_len: usize, threshold: usize, partial: bool
             inner.write_buf.capacity()
         );
     } else {
-        assert!(inner.write_buf.capacity() >= body_len);
+        // rondo: an idle connection gives its write buffer back (see vendor/README.md).
+        assert_eq!(inner.write_buf.capacity(), 0);
     }
 
-    let pointer = inner.write_buf.as_ptr();
     let response = io.take_write_buf();
     // Compare the complete body separately from the generated HTTP headers.
     // A smaller retained buffer must not come at the cost of missing response bytes.
@@ -164,18 +164,6 @@ async fn check_buffer_retention(body_len: usize, threshold: usize, partial: bool
         &second_response[second_body_start..],
         &response[body_start..]
     );
-
-    if !release {
-        // Check reuse across requests, not just sufficient capacity after each flush.
-        let DispatcherState::Normal { inner } = &dispatcher.inner else {
-            panic!()
-        };
-        assert_eq!(
-            inner.write_buf.as_ptr(),
-            pointer,
-            "normal buffers should be reused"
-        );
-    }
 }
 
 #[actix_rt::test]
@@ -189,12 +177,12 @@ async fn oversized_write_buffer_released_after_partial_write() {
 }
 
 #[actix_rt::test]
-async fn normal_write_buffer_reused_after_flush() {
+async fn normal_write_buffer_released_when_idle() {
     check_buffer_retention(1024, 32 * 1024, false, false).await;
 }
 
 #[actix_rt::test]
-async fn configured_write_buffer_reused_after_flush() {
+async fn configured_write_buffer_released_when_idle() {
     // A custom watermark above 128 KiB also raises the retention limit.
     check_buffer_retention(256 * 1024, 1024 * 1024, false, false).await;
 }
