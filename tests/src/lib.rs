@@ -122,10 +122,17 @@ pub async fn get(client: &awc::Client, url: &str) -> (u16, String, String) {
 /// came back. A reset after a response (a server that closes on unread input) ends the read
 /// like a close: the bytes read so far are returned.
 pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The server may answer and close before the whole request is written.
     let _ = stream.write_all(request.as_bytes()).await;
+    read_until_closed(&mut stream, Duration::from_secs(10)).await
+}
+
+/// Everything the server sends on `stream` until it closes (or resets); panics when it has
+/// not closed within `limit`.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     let read_all = async {
@@ -136,9 +143,9 @@ pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read_all)
+    tokio::time::timeout(limit, read_all)
         .await
-        .expect("the server closes within 10 s");
+        .unwrap_or_else(|_| panic!("the server did not close within {limit:?}"));
     String::from_utf8_lossy(&out).into_owned()
 }
 

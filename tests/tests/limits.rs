@@ -127,10 +127,17 @@ async fn stalled_clients_get_408() {
     assert_eq!(status_of(&response), "408", "{response}");
     assert!(response.contains("RONDO_CLIENT_BODY_TIMEOUT"), "{response}");
 
+    let sent = std::time::Instant::now();
     let response = raw_exchange(lb.addrs()[0], "GET / HTTP/1.1\r\nHost: x\r\n").await;
     assert_eq!(status_of(&response), "408", "{response}");
     assert!(response.contains("RONDO_CLIENT_TIMEOUT"), "{response}");
     assert!(response.contains("request id: "), "{response}");
+    // Not before the timeout: actix-http counted it from a clock that lags by up to 500 ms.
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "408 after {:?}, before the 300 ms timeout",
+        sent.elapsed()
+    );
 }
 
 /// 1,000 slowloris connections (a head sent a byte at a time) do not stop 100 ordinary
@@ -294,4 +301,45 @@ async fn idle_connections_close_after_the_keepalive_timeout() {
         "{response}"
     );
     assert!(closed_within(&mut conn, Duration::from_secs(2)).await);
+}
+
+/// A head that never ends on a kept-alive connection gets 408 from the head timeout too, like
+/// a first request's, whether it follows an answered request or came pipelined behind one.
+#[actix_web::test]
+async fn unfinished_head_on_a_kept_alive_connection_gets_408() {
+    let (_b, lb) = balancer_with(|c| c.client_timeout = Duration::from_millis(300)).await;
+    let addr = lb.addrs()[0];
+    let first = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let partial = "GET /second HTTP/1.1\r\nHost: x\r\n";
+
+    // After an answered request: the first response, then the partial head.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(first.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 16 << 10];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("Server 1") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the first response within 5 s")
+            .expect("read");
+        assert!(n > 0, "closed before the first response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    stream.write_all(partial.as_bytes()).await.expect("write");
+    let rest = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&rest), "408", "{rest}");
+    assert!(rest.contains("RONDO_CLIENT_TIMEOUT"), "{rest}");
+
+    // Pipelined: both in one write; the first is answered, then 408 for the second.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("{first}{partial}").as_bytes())
+        .await
+        .expect("write");
+    let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&all), "200", "{all}");
+    let second = &all[all
+        .find("HTTP/1.1 408")
+        .unwrap_or_else(|| panic!("no 408: {all}"))..];
+    assert!(second.contains("RONDO_CLIENT_TIMEOUT"), "{all}");
 }

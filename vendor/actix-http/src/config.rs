@@ -265,8 +265,10 @@ impl ServiceConfig {
     ///
     /// When [`KeepAlive::Os`] or [`KeepAlive::Disabled`] is set, this will return `None`.
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
+        // rondo: deadlines count from the clock, not from the date service's instant, which
+        // lags by up to 500 ms and made a timeout fire up to 500 ms early (a 300 ms one at once).
         match self.keep_alive() {
-            KeepAlive::Timeout(dur) => Some(self.now() + dur),
+            KeepAlive::Timeout(dur) => Some(Instant::now() + dur),
             KeepAlive::Os => None,
             KeepAlive::Disabled => None,
         }
@@ -277,14 +279,16 @@ impl ServiceConfig {
     ///
     /// Returns `None` if this `ServiceConfig was` constructed with `client_request_timeout: 0`.
     pub fn client_request_deadline(&self) -> Option<Instant> {
+        // rondo: from the clock (see `keep_alive_deadline`).
         let timeout = self.0.client_request_timeout;
-        (timeout != Duration::ZERO).then(|| self.now() + timeout)
+        (timeout != Duration::ZERO).then(|| Instant::now() + timeout)
     }
 
     /// Creates a time object representing the deadline for the client to disconnect.
     pub fn client_disconnect_deadline(&self) -> Option<Instant> {
+        // rondo: from the clock (see `keep_alive_deadline`).
         let timeout = self.0.client_disconnect_timeout;
-        (timeout != Duration::ZERO).then(|| self.now() + timeout)
+        (timeout != Duration::ZERO).then(|| Instant::now() + timeout)
     }
 
     /// Whether HTTP/1 connections should support half-closures.
@@ -325,6 +329,11 @@ impl ServiceConfig {
 
     pub(crate) fn now(&self) -> Instant {
         self.0.date_service.now()
+    }
+
+    /// rondo: whether the task that keeps the date current still runs.
+    pub(crate) fn date_service_running(&self) -> bool {
+        self.0.date_service.running()
     }
 
     /// Writes date header to `dst` buffer.

@@ -76,6 +76,11 @@ impl DateService {
         self.current.get().1
     }
 
+    /// rondo: whether the updating task still runs (it ends with the runtime that ran it).
+    pub(crate) fn running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
     pub(crate) fn with_date<F: FnMut(&Date)>(&self, mut f: F) {
         f(&self.current.get().0);
     }

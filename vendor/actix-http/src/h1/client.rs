@@ -48,8 +48,33 @@ struct ClientCodecInner {
 
 impl Default for ClientCodec {
     fn default() -> Self {
-        ClientCodec::new(ServiceConfig::default())
+        ClientCodec::new(thread_client_config())
     }
+}
+
+/// rondo: the configuration every `ClientCodec::default()` of this thread shares.
+///
+/// awc makes a `ClientCodec::default()` for every request it sends, and a new `ServiceConfig`
+/// spawned a date-updating task with its own 500 ms interval each time: a task, a timer and a
+/// wake-up of the runtime (an eventfd write) per request, and the date formatted twice. One
+/// config per thread does the same job once. It is made again when its date task is gone (the
+/// runtime that ran it was dropped, as between tests on one thread).
+fn thread_client_config() -> ServiceConfig {
+    thread_local! {
+        static CONFIG: std::cell::RefCell<Option<ServiceConfig>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONFIG.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        match &*cached {
+            Some(config) if config.date_service_running() => config.clone(),
+            _ => {
+                let config = ServiceConfig::default();
+                *cached = Some(config.clone());
+                config
+            }
+        }
+    })
 }
 
 impl fmt::Debug for ClientCodec {

@@ -1561,6 +1561,23 @@ where
                         if inner_p.write_buf.capacity() > 0 {
                             *inner_p.write_buf = BytesMut::new();
                         }
+                    } else if state_is_none
+                        && inner_p.payload.is_none()
+                        && inner_p.messages.is_empty()
+                        && !inner_p.read_buf.is_empty()
+                        && !matches!(inner_p.head_timer, TimerState::Active { .. })
+                    {
+                        // rondo: bytes left unparsed with nothing in progress are the start of
+                        // a head on a kept-alive connection. It gets the same deadline as a
+                        // first request's (RONDO_CLIENT_TIMEOUT): actix-http armed the head
+                        // timer for the first request only, so a second head that never ended
+                        // held its connection for good. A complete head clears the timer in
+                        // `poll_request`, so a request that arrives whole costs no timer.
+                        if let Some(deadline) = inner_p.config.client_request_deadline() {
+                            inner_p
+                                .head_timer
+                                .set_and_init(cx, sleep_until(deadline.into()), line!());
+                        }
                     }
 
                     trace_timer_states(
