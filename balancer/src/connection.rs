@@ -24,16 +24,16 @@ pub struct ClientConnection {
     /// The peer's address as forwarding headers write it, made on the first request.
     peer: OnceCell<Option<HeaderValue>>,
     /// Counts the connection as open until its data is dropped (the connection closed).
-    _open: Option<stats::Connection>,
+    _open: stats::Connection,
 }
 
 impl ClientConnection {
-    /// The state of a new connection, counted in `totals` while it is open (when given).
-    pub fn new(totals: Option<Arc<Totals>>) -> Self {
+    /// The state of a new connection, counted in `totals` while it is open.
+    pub fn new(totals: Arc<Totals>) -> Self {
         ClientConnection {
             refused: Cell::new(false),
             peer: OnceCell::new(),
-            _open: totals.map(stats::Connection::open),
+            _open: stats::Connection::open(totals),
         }
     }
 
@@ -64,5 +64,5 @@ impl ClientConnection {
 /// Gives each new connection its [`ClientConnection`], counted in `totals`; wrapped by
 /// `HttpServer::on_connect`.
 pub fn on_connect(totals: &Arc<Totals>, _: &dyn Any, data: &mut Extensions) {
-    data.insert(ClientConnection::new(Some(totals.clone())));
+    data.insert(ClientConnection::new(totals.clone()));
 }

@@ -197,9 +197,8 @@ async fn connect(
     endpoint: &Endpoint,
     headers: &HeaderMap,
 ) -> Result<(awc::ClientResponse, Upstream), WsClientError> {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut upstream_req = client
-        .ws(format!("{}{path}", endpoint.base_url()))
+        .ws(endpoint.uri(req.uri().path_and_query()))
         .max_frame_size(MAX_FRAME_SIZE);
     for (name, value) in headers {
         upstream_req = upstream_req.header(name.clone(), value.clone());
