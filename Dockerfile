@@ -62,7 +62,7 @@ ENV PORT=8080 \
     RUST_LOG=info
 USER 10001:10001
 EXPOSE 8080
-HEALTHCHECK --interval=2s --timeout=2s --start-period=5s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/backend", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/backend"]
 
@@ -74,6 +74,6 @@ ENV RONDO_LISTEN=0.0.0.0:8080 \
     RUST_LOG=info
 USER 10001:10001
 EXPOSE 8080
-HEALTHCHECK --interval=2s --timeout=2s --start-period=5s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/rondo", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/rondo"]

@@ -281,11 +281,21 @@ impl Deployment {
             "--scale",
             "server2=1",
         ];
-        if let Err(out) = self
+        // Docker marks a container it pauses unhealthy until its next check passes (up to the
+        // 10 s interval after `unpause`), and `up --wait` gives up at once on an unhealthy
+        // container: try again while that may be what happened.
+        let mut attempt = 1;
+        while let Err(out) = self
             .project
             .try_compose_within(&up, Duration::from_secs(90))
         {
-            return Some(format!("settle: docker compose up failed: {out}"));
+            if attempt == 4 || !out.contains("is unhealthy") {
+                return Some(format!(
+                    "settle: docker compose up failed (attempt {attempt}): {out}"
+                ));
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_secs(4));
         }
         let wanted: BTreeSet<String> = ["server1", "server2", "server3"]
             .iter()
