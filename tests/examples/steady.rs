@@ -9,25 +9,40 @@ use std::time::{Duration, Instant};
 
 use rondo_tests::load::{self, fmt_duration, Method, Spec, Summary};
 
+const USAGE: &str = "usage: steady PORT [RATE] [TOTAL] [CONNECTIONS]";
+
+/// Says what was wrong with the arguments, and how to call it, then exits 2.
+fn usage_error(what: &str) -> ! {
+    eprintln!("steady: {what}\n{USAGE}");
+    std::process::exit(2);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize, default: f64| -> f64 {
-        args.get(i).map_or(default, |s| {
-            s.parse()
-                .unwrap_or_else(|_| panic!("argument {i}: not a number: {s}"))
-        })
+    // Argument `i` as a positive number, `default` when absent.
+    let arg = |i: usize, name: &str, default: f64| -> f64 {
+        let Some(s) = args.get(i) else {
+            return default;
+        };
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 1.0 => v,
+            _ => usage_error(&format!("{name} must be a number, at least 1 (got {s:?})")),
+        }
     };
-    let Some(port) = args.first().and_then(|p| p.parse::<u16>().ok()) else {
-        eprintln!("usage: steady PORT [RATE] [TOTAL] [CONNECTIONS]");
-        std::process::exit(2);
+    let Some(port) = args.first() else {
+        usage_error("no PORT given");
     };
-    let rate = arg(1, 2000.0);
-    let total = arg(2, 20_000.0) as usize;
+    let Ok(port) = port.parse::<u16>() else {
+        usage_error(&format!("PORT must be a port number (got {port:?})"));
+    };
+    let rate = arg(1, "RATE", 2000.0);
+    let total = arg(2, "TOTAL", 20_000.0) as usize;
+    let connections = arg(3, "CONNECTIONS", 64.0) as usize;
     let spec = Spec {
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         path: "/".into(),
         method: Method::Get,
-        connections: arg(3, 64.0) as usize,
+        connections,
         total,
         rate: Some(rate),
         timeout: Duration::from_secs(30),
