@@ -62,6 +62,7 @@ fn select(c: &mut Criterion) {
         let policy = PassivePolicy {
             max_fails: 1,
             fail_timeout: Duration::from_secs(3600),
+            ..PassivePolicy::default()
         };
         let half = selector_with(n, policy);
         for (i, endpoint) in half.load().set().endpoints().iter().enumerate() {

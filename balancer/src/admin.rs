@@ -229,6 +229,8 @@ fn endpoint_status(e: &Endpoint, health_checks: bool) -> Value {
         "enabled": e.is_enabled(),
         "draining": !e.is_enabled() && in_flight > 0,
         "in_flight": in_flight,
+        "stalled": e.watch().is_stalled(),
+        "stalls": e.watch().stalls(),
         "requests": e.requests(),
         "errors": tries[crate::stats::ERROR],
         "by_class": by_class(&tries),
@@ -384,6 +386,17 @@ pub fn render_metrics(admin: &Admin) -> String {
     }
     family(
         &mut out,
+        "rondo_endpoint_stalls_total",
+        "counter",
+        "Times each endpoint answered nothing while requests waited on it for longer than the \
+         stall threshold, and was passed over until it answered.",
+    );
+    for (e, l) in endpoints.iter().zip(&labels) {
+        let n = e.watch().stalls();
+        let _ = writeln!(out, "rondo_endpoint_stalls_total{{{l}}} {n}");
+    }
+    family(
+        &mut out,
         "rondo_endpoint_up",
         "gauge",
         "1 when health checks have the endpoint in rotation, 0 when not.",
@@ -502,13 +515,16 @@ mod tests {
         ));
         assert!(text.contains("rondo_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
         assert!(text.contains("rondo_endpoints{upstream=\"server1:8080\"} 1\n"));
+        assert!(text.contains(
+            "rondo_endpoint_stalls_total{upstream=\"server1:8080\",endpoint=\"10.0.0.1:8080\"} 0\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!(types, 12);
+        assert_eq!(types, 13);
         assert_eq!(helps, types);
     }
 

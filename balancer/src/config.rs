@@ -108,6 +108,12 @@ pub struct Config {
     #[arg(long, env = "RONDO_FAIL_TIMEOUT", default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
     pub fail_timeout: Duration,
 
+    /// An endpoint that answers nothing for this long while requests wait on it (a hung
+    /// container) gets no new requests until it answers; longer when its usual answers take
+    /// longer (see the README); 0 turns this off.
+    #[arg(long, env = "RONDO_STALL_TIMEOUT", default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub stall_timeout: Duration,
+
     /// Active health checks: `on` probes every endpoint with GET RONDO_HEALTH_PATH; `off` when
     /// the service has no health endpoint.
     #[arg(long, env = "RONDO_HEALTH_CHECKS",
@@ -198,6 +204,7 @@ impl Config {
         crate::health::PassivePolicy {
             max_fails: self.max_fails,
             fail_timeout: self.fail_timeout,
+            stall_after: self.stall_timeout,
         }
     }
 

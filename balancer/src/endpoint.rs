@@ -9,12 +9,14 @@ use std::cmp::Ordering;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::uri::{self, Authority, PathAndQuery, Scheme};
 use actix_web::http::Uri;
+use log::info;
 
 use crate::health::{ActivePolicy, ActiveState, Admission, Flip, PassivePolicy, PassiveState};
+use crate::stall::{self, Began, Watch};
 use crate::stats::EndpointStats;
 
 /// One address that serves an upstream, with the state that outlives discovery swaps.
@@ -34,6 +36,8 @@ pub struct Endpoint {
     requests: AtomicU64,
     /// Requests sent and not yet finished (response body included); counted by [`InFlight`].
     in_flight: AtomicUsize,
+    /// Tries waiting for a response head, and the last answer: whether it has stalled.
+    watch: Watch,
     /// The active check's verdict is `Up` (always true when active checks are off): read on
     /// every selection, so kept apart from `active`.
     active_up: AtomicBool,
@@ -64,6 +68,7 @@ impl Endpoint {
                 .expect("a socket address is a valid URI authority"),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            watch: Watch::default(),
             active_up: AtomicBool::new(!probed),
             active: Mutex::new(ActiveState::default()),
             passive_in: AtomicBool::new(true),
@@ -103,6 +108,41 @@ impl Endpoint {
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Tries waiting on the endpoint for a response head, and its stalls ([`crate::stall`]).
+    pub fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
+    /// Whether the endpoint has stalled under `check`: tries wait on it and it has answered
+    /// none for longer than the threshold. Logged the first time it is seen.
+    pub fn stalled(&self, check: stall::Check) -> bool {
+        let (stalled, began) = self.watch.stalled(check);
+        if let Some(Began(at)) = began {
+            info!(
+                "stall: endpoint {} ({}) has answered nothing for {} ms while {} request(s) wait \
+                 on it; new requests go to other endpoints until it answers",
+                self.addr,
+                self.upstream,
+                check.now.saturating_sub(at) / 1_000_000,
+                self.watch.waiting(),
+            );
+        }
+        stalled
+    }
+
+    /// Records that a try waiting on the endpoint got its response head at `now`, `took` after
+    /// it was sent; logs the end of a stall that this answer ends.
+    pub fn answered(&self, waiting: stall::Waiting<'_>, now: Instant, took: Duration) {
+        if let Some(silent) = waiting.answered(now, took) {
+            info!(
+                "stall: endpoint {} ({}) answers again after {} ms without answering",
+                self.addr,
+                self.upstream,
+                silent.as_millis()
+            );
+        }
     }
 
     /// Whether both checks have it in rotation (a passive time out may be over but untried).

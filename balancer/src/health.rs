@@ -40,6 +40,9 @@ pub struct PassivePolicy {
     pub max_fails: u32,
     /// The window failures are counted in, and how long an endpoint stays out.
     pub fail_timeout: Duration,
+    /// The least time an endpoint may answer nothing while tries wait on it before selection
+    /// passes over it ([`crate::stall`]); zero turns that off.
+    pub stall_after: Duration,
 }
 
 impl Default for PassivePolicy {
@@ -48,6 +51,7 @@ impl Default for PassivePolicy {
         PassivePolicy {
             max_fails: 1,
             fail_timeout: Duration::from_secs(10),
+            stall_after: Duration::from_millis(50),
         }
     }
 }
@@ -371,6 +375,7 @@ mod tests {
         PassivePolicy {
             max_fails,
             fail_timeout: Duration::from_secs(10),
+            ..PassivePolicy::default()
         }
     }
 

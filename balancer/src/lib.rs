@@ -7,6 +7,8 @@
 //!   the seam: the system resolver, or a [`StaticResolver`] in tests).
 //! - [`endpoint`]: an endpoint and the immutable [`EndpointSet`] requests read.
 //! - [`selection`]: round robin with one position shared by all workers, swapped whole.
+//! - [`stall`]: passes over an endpoint that has stopped answering (a hung container) long
+//!   before health checks time out.
 //! - [`proxy`]: the forwarding path and the errors the balancer answers itself (4xx, 502, 503,
 //!   504), each with a text body naming the reason and the request id.
 //! - [`headers`]: hop-by-hop headers, the forwarding headers (`X-Forwarded-*`, `Forwarded`,
@@ -53,6 +55,7 @@ pub mod retry;
 pub mod screen;
 pub mod selection;
 pub mod server;
+pub mod stall;
 pub mod stats;
 pub mod websocket;
 

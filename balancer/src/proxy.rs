@@ -318,18 +318,18 @@ async fn try_forward(
         let in_flight = endpoint.start_request();
 
         let sent_at = Instant::now();
+        let waiting = endpoint.watch().wait(sent_at);
         let sent = send(&clients.plain, req, forwarding, id, &endpoint, &mut body).await;
         let res = match sent {
             Ok(res) => {
-                answered(
-                    &endpoint,
-                    res.status(),
-                    sent_at.elapsed(),
-                    exchange.as_mut(),
-                );
+                let now = Instant::now();
+                let took = now - sent_at;
+                endpoint.answered(waiting, now, took);
+                answered(&endpoint, res.status(), took, exchange.as_mut());
                 res
             }
             Err(err) => {
+                drop(waiting);
                 if let Some(exchange) = exchange.as_mut() {
                     exchange.tried(endpoint.addr(), None);
                 }

@@ -10,18 +10,21 @@
 //! repeats at most one pick (a request that loaded the old rotation just before the swap).
 //!
 //! Endpoints that health checks have out of rotation are passed over, and so are the ones a
-//! request already tried. When no endpoint is healthy, every endpoint is tried in turn anyway
+//! request already tried and, while another can take the request, the ones that have stalled
+//! ([`crate::stall`]). When no endpoint is healthy, every endpoint is tried in turn anyway
 //! (as nginx and Envoy do): a health check can be wrong, a 503 is sure to be.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use log::{info, warn};
 
 use crate::endpoint::{Endpoint, EndpointSet};
 use crate::health::{Admission, PassivePolicy};
+use crate::stall;
 
 /// One endpoint set with the round-robin position into it.
 #[derive(Debug, Default)]
@@ -57,35 +60,60 @@ impl Rotation {
         Some(endpoint)
     }
 
-    /// The next endpoint in turn that health checks admit and `tried` does not hold; failing
-    /// that, the next one not tried whatever its health (`healthy` is then false); `None` when
-    /// every endpoint was tried or the set is empty. Endpoints drained by hand are never picked.
-    pub fn select_healthy(&self, tried: &[Arc<Endpoint>], policy: &PassivePolicy) -> Option<Pick> {
+    /// The next endpoint in turn that health checks admit, `tried` does not hold and, under
+    /// `stall`, has not stalled ([`crate::stall`]); failing that, the next one admitted though
+    /// stalled; failing that, the next one not tried whatever its health (`healthy` is then
+    /// false); `None` when every endpoint was tried or the set is empty. Endpoints drained by
+    /// hand are never picked.
+    pub fn select_healthy(
+        &self,
+        tried: &[Arc<Endpoint>],
+        policy: &PassivePolicy,
+        stall: Option<stall::Check>,
+    ) -> Option<Pick> {
         let endpoints = self.set.endpoints();
         let len = endpoints.len();
         let untried = |e: &Arc<Endpoint>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+        let mut passed_stalled = false;
         for _ in 0..len {
             let endpoint = &endpoints[self.next.fetch_add(1, Ordering::Relaxed) % len];
-            if untried(endpoint) && endpoint.admit(policy) != Admission::No {
-                endpoint.count_request();
-                return Some(Pick {
-                    endpoint: endpoint.clone(),
-                    healthy: true,
-                });
+            if !untried(endpoint) {
+                continue;
+            }
+            // Before `admit`, which may grant the single passive trial.
+            if stall.is_some_and(|check| endpoint.stalled(check)) {
+                passed_stalled = true;
+                continue;
+            }
+            if endpoint.admit(policy) != Admission::No {
+                return Some(self.picked(endpoint, true));
+            }
+        }
+        if passed_stalled {
+            // Every admitted endpoint has stalled: round robin over them as if none had.
+            for _ in 0..len {
+                let endpoint = &endpoints[self.next.fetch_add(1, Ordering::Relaxed) % len];
+                if untried(endpoint) && endpoint.admit(policy) != Admission::No {
+                    return Some(self.picked(endpoint, true));
+                }
             }
         }
         for _ in 0..len {
             let endpoint = &endpoints[self.next.fetch_add(1, Ordering::Relaxed) % len];
             // An endpoint drained by hand stays out even here.
             if untried(endpoint) && endpoint.is_enabled() {
-                endpoint.count_request();
-                return Some(Pick {
-                    endpoint: endpoint.clone(),
-                    healthy: false,
-                });
+                return Some(self.picked(endpoint, false));
             }
         }
         None
+    }
+
+    fn picked(&self, endpoint: &Arc<Endpoint>, healthy: bool) -> Pick {
+        endpoint.count_request();
+        Pick {
+            endpoint: endpoint.clone(),
+            healthy,
+        }
     }
 
     /// The endpoint picked last, or `None` before the first pick.
@@ -149,7 +177,11 @@ impl RoundRobin {
     /// Chooses the endpoint for one try: see [`Rotation::select_healthy`]. Logs once when
     /// requests start finding no healthy endpoint, and once when they find one again.
     pub fn select(&self, tried: &[Arc<Endpoint>]) -> Option<Pick> {
-        let pick = self.current.load().select_healthy(tried, &self.passive)?;
+        let stall = stall::Check::at(Instant::now(), self.passive.stall_after);
+        let pick = self
+            .current
+            .load()
+            .select_healthy(tried, &self.passive, stall)?;
         if tried.is_empty() {
             let was = self.none_healthy.load(Ordering::Relaxed);
             if was == pick.healthy {
@@ -231,6 +263,7 @@ mod tests {
     use super::*;
     use crate::endpoint::UpstreamEndpoints;
     use std::collections::HashMap;
+    use std::time::Duration;
 
     fn addr(last: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, last], 8080))
@@ -372,6 +405,107 @@ mod tests {
             healthy_picks(&rr, 4),
             vec![addr(1), addr(3), addr(1), addr(3)]
         );
+    }
+
+    fn stall_check(at: Instant) -> stall::Check {
+        stall::Check {
+            now: stall::nanos(at),
+            after: 50_000_000,
+        }
+    }
+
+    fn picks_under(rr: &RoundRobin, check: stall::Check, n: usize) -> Vec<(SocketAddr, bool)> {
+        (0..n)
+            .map(|_| {
+                let pick = rr
+                    .load()
+                    .select_healthy(&[], rr.passive_policy(), Some(check))
+                    .expect("an endpoint");
+                (pick.endpoint.addr(), pick.healthy)
+            })
+            .collect()
+    }
+
+    /// An endpoint that answers nothing while a try waits on it is passed over once the
+    /// threshold has passed, and is back in turn with its next answer.
+    #[test]
+    fn stalled_endpoints_are_passed_over_until_they_answer() {
+        let rr = RoundRobin::new(PassivePolicy::default());
+        rr.replace(set_of(&[("a:80", &[1, 2, 3])], &EndpointSet::default()));
+        let t0 = Instant::now();
+        let second = rr.load().set().endpoints()[1].clone();
+        let waiting = second.watch().wait(t0);
+        let early = picks_under(&rr, stall_check(t0 + Duration::from_millis(40)), 3);
+        assert_eq!(
+            early,
+            vec![(addr(1), true), (addr(2), true), (addr(3), true)]
+        );
+        let late = stall_check(t0 + Duration::from_millis(60));
+        assert_eq!(
+            picks_under(&rr, late, 4),
+            vec![
+                (addr(1), true),
+                (addr(3), true),
+                (addr(1), true),
+                (addr(3), true)
+            ]
+        );
+        assert_eq!(second.watch().stalls(), 1);
+        second.answered(
+            waiting,
+            t0 + Duration::from_millis(70),
+            Duration::from_millis(70),
+        );
+        assert_eq!(
+            picks_under(&rr, late, 3),
+            vec![(addr(1), true), (addr(2), true), (addr(3), true)]
+        );
+    }
+
+    /// When every endpoint health checks admit has stalled, round robin goes on over them (no
+    /// "nothing healthy" mode), and an endpoint out of rotation stays out.
+    #[test]
+    fn when_all_admitted_endpoints_stalled_they_still_take_turns() {
+        let rr = RoundRobin::new(PassivePolicy::default());
+        rr.replace(set_of(&[("a:80", &[1, 2, 3])], &EndpointSet::default()));
+        let t0 = Instant::now();
+        let endpoints = rr.load().set().endpoints().to_vec();
+        endpoints[2].report_failure(rr.passive_policy(), "refused");
+        let _waiting: Vec<_> = endpoints[..2].iter().map(|e| e.watch().wait(t0)).collect();
+        let check = stall_check(t0 + Duration::from_millis(60));
+        assert_eq!(
+            picks_under(&rr, check, 4),
+            vec![
+                (addr(1), true),
+                (addr(2), true),
+                (addr(1), true),
+                (addr(2), true)
+            ]
+        );
+    }
+
+    /// Passing over a stalled endpoint does not use up its single passive trial.
+    #[test]
+    fn a_stalled_endpoint_keeps_its_passive_trial() {
+        let policy = PassivePolicy {
+            fail_timeout: Duration::from_millis(1),
+            ..PassivePolicy::default()
+        };
+        let rr = RoundRobin::new(policy);
+        rr.replace(set_of(&[("a:80", &[1, 2])], &EndpointSet::default()));
+        let second = rr.load().set().endpoints()[1].clone();
+        second.report_failure(&policy, "refused");
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
+        let waiting = second.watch().wait(t0);
+        let check = stall_check(t0 + Duration::from_millis(60));
+        assert_eq!(
+            picks_under(&rr, check, 3),
+            vec![(addr(1), true), (addr(1), true), (addr(1), true)]
+        );
+        drop(waiting);
+        let picks = picks_under(&rr, check, 2);
+        assert!(picks.contains(&(addr(2), true)), "{picks:?}");
     }
 
     /// A retry never gets an endpoint the request already tried; when all were, it gets none.

@@ -149,10 +149,16 @@ pub async fn forward(
         tried.push(endpoint.clone());
         let in_flight = endpoint.start_request();
         let sent_at = Instant::now();
+        let mut waiting = Some(endpoint.watch().wait(sent_at));
         let connected = connect(client, req, &endpoint, &headers).await;
-        // The endpoint's answer to the handshake, for the access log and its counters.
+        // The endpoint's answer to the handshake, for the access log, its counters and its
+        // stall watch.
         let mut answered = |status: StatusCode| {
-            let took = sent_at.elapsed();
+            let now = Instant::now();
+            let took = now - sent_at;
+            if let Some(waiting) = waiting.take() {
+                endpoint.answered(waiting, now, took);
+            }
             proxy::answered(&endpoint, status, took, exchange.as_mut());
         };
         let err = match connected {

@@ -83,10 +83,12 @@ fn misbehave(mut stream: TcpStream, fault: Fault) {
     }
 }
 
-/// A backend whose `/health` answers 200 or 503 as the test says, and `/` its name.
+/// A backend whose `/health` answers 200 or 503 as the test says, and `/` its name, or
+/// nothing at all while `hung` is set (a paused container: connections open, no answers).
 pub struct Switchable {
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
+    pub hung: Arc<AtomicBool>,
     pub handle: ServerHandle,
 }
 
@@ -96,9 +98,12 @@ pub fn start_switchable(name: &'static str, healthy: bool) -> Switchable {
     let addr = listener.local_addr().unwrap();
     let flag = Arc::new(AtomicBool::new(healthy));
     let state = web::Data::new(flag.clone());
+    let hung = Arc::new(AtomicBool::new(false));
+    let hang = web::Data::new(Hung(hung.clone()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(hang.clone())
             .route(
                 "/health",
                 web::get().to(|healthy: web::Data<Arc<AtomicBool>>| async move {
@@ -109,7 +114,10 @@ pub fn start_switchable(name: &'static str, healthy: bool) -> Switchable {
                     }
                 }),
             )
-            .default_service(web::to(move || async move {
+            .default_service(web::to(move |hung: web::Data<Hung>| async move {
+                if hung.0.load(Ordering::SeqCst) {
+                    actix_web::rt::time::sleep(Duration::from_secs(60)).await;
+                }
                 HttpResponse::Ok()
                     .insert_header(("x-served-by", name))
                     .body(name)
@@ -124,6 +132,10 @@ pub fn start_switchable(name: &'static str, healthy: bool) -> Switchable {
     Switchable {
         addr,
         healthy: flag,
+        hung,
         handle,
     }
 }
+
+/// The flag that makes a [`Switchable`] stop answering.
+struct Hung(Arc<AtomicBool>);

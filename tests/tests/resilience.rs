@@ -145,6 +145,111 @@ async fn hung_endpoint_costs_one_response_timeout() {
     );
 }
 
+/// What a paced load saw while one of three endpoints stopped answering: answers that waited
+/// for the response timeout, every (status, served by) after the hang began, and the hung
+/// endpoint's stalls as rondo counted them.
+struct HangOutcome {
+    waited_for_timeout: usize,
+    answers: Vec<(u16, String)>,
+    stalls: u64,
+}
+
+/// Three endpoints, one of which (`p`) stops answering once every endpoint has answered 30
+/// warm-up requests; then 16 connections each send 12 GETs, 100 ms apart (192 requests,
+/// 160/s), with a 1 s response timeout.
+async fn load_while_an_endpoint_hangs(stall_timeout: Duration) -> HangOutcome {
+    let a = start_backend("A", "a");
+    let b = start_backend("B", "b");
+    let p = start_switchable("p", true);
+    let timeout = Duration::from_secs(1);
+    let mut config = passive_only(&[a.addr, b.addr, p.addr]);
+    // One worker, so the warm-up teaches the one stall estimate there is.
+    config.workers = 1;
+    config.response_timeout = timeout;
+    config.stall_timeout = stall_timeout;
+    let lb = start_balancer(&config, DnsResolver).await;
+    let url = url_of(&lb, "/");
+    let warm_up = client();
+    let mut served = HashSet::new();
+    for _ in 0..30 {
+        let (status, by, body) = get(&warm_up, &url).await;
+        assert_eq!(status, 200, "{body}");
+        served.insert(by);
+    }
+    assert_eq!(served.len(), 3, "every endpoint answers before the hang");
+
+    p.hung.store(true, Ordering::SeqCst);
+    let connections = (0..16u64).map(|i| {
+        let url = url.clone();
+        async move {
+            let client = client();
+            actix_web::rt::time::sleep(Duration::from_millis(i * 6)).await;
+            let mut seen = Vec::new();
+            for _ in 0..12 {
+                let started = Instant::now();
+                let (status, by, _) = get(&client, &url).await;
+                seen.push((status, by, started.elapsed()));
+                actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        }
+    });
+    let seen: Vec<_> = join_all(connections).await.into_iter().flatten().collect();
+    let hung = lb
+        .selector()
+        .load()
+        .set()
+        .endpoints()
+        .iter()
+        .find(|e| e.addr() == p.addr)
+        .expect("the hung endpoint")
+        .clone();
+    HangOutcome {
+        waited_for_timeout: seen.iter().filter(|(_, _, took)| *took >= timeout).count(),
+        answers: seen.into_iter().map(|(s, by, _)| (s, by)).collect(),
+        stalls: hung.watch().stalls(),
+    }
+}
+
+/// An endpoint that stops answering (a paused container) gets no new requests once it has
+/// answered nothing for the stall threshold (50 ms here), long before the response timeout:
+/// only the few requests sent to it in that moment wait for the timeout, then succeed on
+/// another endpoint. With stall detection off (`RONDO_STALL_TIMEOUT=0s`, nginx's behaviour)
+/// every connection soon has a request waiting on it.
+#[actix_web::test]
+async fn a_hung_endpoint_is_passed_over_long_before_the_response_timeout() {
+    let on = load_while_an_endpoint_hangs(Duration::from_millis(50)).await;
+    let off = load_while_an_endpoint_hangs(Duration::ZERO).await;
+    for outcome in [&on, &off] {
+        assert_eq!(outcome.answers.len(), 192);
+        assert!(
+            outcome
+                .answers
+                .iter()
+                .all(|(status, by)| *status == 200 && by != "p"),
+            "every request succeeds elsewhere: {:?}",
+            outcome.answers
+        );
+    }
+    eprintln!(
+        "waited for the response timeout: {} of 192 with stall detection, {} without",
+        on.waited_for_timeout, off.waited_for_timeout
+    );
+    assert!(
+        on.waited_for_timeout <= 8,
+        "{} requests waited for the response timeout with stall detection on",
+        on.waited_for_timeout
+    );
+    assert_eq!(on.stalls, 1, "the hang is one stall");
+    assert!(
+        off.waited_for_timeout >= 12,
+        "without stall detection nearly every connection should have waited on the hung \
+         endpoint, but {} requests did",
+        off.waited_for_timeout
+    );
+    assert_eq!(off.stalls, 0);
+}
+
 /// A body longer than the retry limit is streamed, so it is never sent twice: a refused first
 /// try ends in 502. A body within the limit is held and retried.
 #[actix_web::test]
