@@ -48,7 +48,8 @@ fn main() {
         timeout: Duration::from_secs(30),
         give_up_after: Duration::from_secs_f64(total as f64 / rate * 3.0 + 30.0),
     };
-    let outcomes = load::run(&spec, Instant::now());
+    // 200 ms to open the connections before the clock starts.
+    let outcomes = load::run(&spec, Instant::now() + Duration::from_millis(200));
     let s = Summary::of(&outcomes);
     println!(
         "sent {} failed {} p50 {} p90 {} p99 {} max {}",

@@ -4,9 +4,11 @@
 //! Each connection is a thread with its own `TcpStream` and sends one request at a time (no
 //! pipelining). Requests are numbered by one shared counter, so exactly `total` are sent however
 //! the connections are scheduled; with a `rate`, request `i` is not sent before `start + i/rate`.
-//! A connection the server closes (`Connection: close`, or after an error) is opened again for the
-//! next request. A request counts as failed when it gets no complete response: connect error,
-//! reset, early close or timeout (status 0 and an [`Failure`]); statuses are recorded as they come.
+//! Connections are opened before `start` when there is time (as wrk opens its connections before
+//! it times requests); one the server closes (`Connection: close`, or after an error) is opened
+//! again for the next request, and that request's latency includes the connect. A request counts
+//! as failed when it gets no complete response: connect error, reset, early close or timeout
+//! (status 0 and an [`Failure`]); statuses are recorded as they come.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -128,6 +130,10 @@ pub fn run(spec: &Spec, start: Instant) -> Vec<Outcome> {
                 .name(format!("load-{n}"))
                 .spawn(move || {
                     let mut conn = Connection::new(spec.addr);
+                    // Connected before the clock starts, as wrk does: the latencies are of
+                    // requests, not of the load's own connection set-up (a reconnection during
+                    // the load still counts in its request's latency).
+                    conn.open_before(start);
                     let mut mine = Vec::new();
                     let give_up = start + spec.give_up_after;
                     loop {
@@ -224,6 +230,24 @@ impl Connection {
         outcome
     }
 
+    /// Opens the connection if `start` is still ahead; a failure is left for the first
+    /// request to meet (and count).
+    fn open_before(&mut self, start: Instant) {
+        let left = start.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let _ = self.connect(left);
+    }
+
+    fn connect(&mut self, timeout: Duration) -> std::io::Result<()> {
+        let stream = TcpStream::connect_timeout(&self.addr, timeout)?;
+        let _ = stream.set_nodelay(true);
+        self.stream = Some(stream);
+        self.buf.clear();
+        Ok(())
+    }
+
     fn close(&mut self) {
         if let Some(s) = self.stream.take() {
             let _ = s.shutdown(Shutdown::Both);
@@ -239,16 +263,13 @@ impl Connection {
     ) -> Result<Response, Failure> {
         if self.stream.is_none() {
             let left = remaining(deadline).ok_or(Failure::Timeout)?;
-            let stream = TcpStream::connect_timeout(&self.addr, left).map_err(|e| {
+            self.connect(left).map_err(|e| {
                 if is_timeout(&e) {
                     Failure::Timeout
                 } else {
                     Failure::Connect
                 }
             })?;
-            let _ = stream.set_nodelay(true);
-            self.stream = Some(stream);
-            self.buf.clear();
         }
         let stream = self.stream.as_mut().unwrap();
 
