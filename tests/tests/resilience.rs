@@ -195,19 +195,28 @@ async fn load_while_an_endpoint_hangs(stall_timeout: Duration) -> HangOutcome {
         }
     });
     let seen: Vec<_> = join_all(connections).await.into_iter().flatten().collect();
-    let hung = lb
-        .selector()
-        .load()
-        .set()
-        .endpoints()
+    // The stalls as the admin listener shows them: /status and /metrics agree.
+    let admin = |path: &str| format!("http://{}{path}", lb.admin_addrs()[0]);
+    let (_, _, status) = get(&warm_up, &admin("/status")).await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("/status is JSON");
+    let endpoint = status["upstreams"]
+        .as_array()
+        .expect("upstreams")
         .iter()
-        .find(|e| e.addr() == p.addr)
-        .expect("the hung endpoint")
-        .clone();
+        .flat_map(|u| u["endpoints"].as_array().expect("endpoints"))
+        .find(|e| e["address"] == p.addr.to_string())
+        .expect("the hung endpoint in /status");
+    let stalls = endpoint["stalls"].as_u64().expect("stalls");
+    let (_, _, metrics) = get(&warm_up, &admin("/metrics")).await;
+    let line = format!(
+        "rondo_endpoint_stalls_total{{upstream=\"{0}\",endpoint=\"{0}\"}} {stalls}\n",
+        p.addr
+    );
+    assert!(metrics.contains(&line), "{line} in {metrics}");
     HangOutcome {
         waited_for_timeout: seen.iter().filter(|(_, _, took)| *took >= timeout).count(),
         answers: seen.into_iter().map(|(s, by, _)| (s, by)).collect(),
-        stalls: hung.watch().stalls(),
+        stalls,
     }
 }
 
