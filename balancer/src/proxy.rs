@@ -318,13 +318,17 @@ async fn try_forward(
         let in_flight = endpoint.start_request();
 
         let sent_at = Instant::now();
-        let waiting = endpoint.watch().wait(sent_at);
+        // A streamed body may take minutes to upload, and the endpoint owes no answer until
+        // it has it all: such a try is not watched for stalls.
+        let waiting = body.replayable().then(|| endpoint.watch().wait(sent_at));
         let sent = send(&clients.plain, req, forwarding, id, &endpoint, &mut body).await;
         let res = match sent {
             Ok(res) => {
                 let now = Instant::now();
                 let took = now - sent_at;
-                endpoint.answered(waiting, now, took);
+                if let Some(waiting) = waiting {
+                    endpoint.answered(waiting, now, took);
+                }
                 answered(&endpoint, res.status(), took, exchange.as_mut());
                 res
             }

@@ -8,7 +8,9 @@
 //! request waiting on it: nginx and HAProxy behave so.
 //!
 //! rondo watches for the hang itself. An endpoint is *stalled* while tries wait on it for
-//! their response head and it has answered none for longer than the stall threshold. Selection
+//! their response head and it has answered none for longer than the stall threshold (a try
+//! whose request body streams, too long to hold for a retry, is not watched: the endpoint owes
+//! no answer before the upload ends). Selection
 //! passes over a stalled endpoint while another endpoint that health checks admit is not
 //! stalled; the tries already waiting on it keep waiting until they are answered or time out
 //! (and are then retried as usual). The endpoint is back in turn with its next answer, or once

@@ -259,6 +259,51 @@ async fn a_hung_endpoint_is_passed_over_long_before_the_response_timeout() {
     assert_eq!(off.stalls, 0);
 }
 
+/// An upload too long to hold for a retry streams to the endpoint, which owes no answer until
+/// it has it all: a slow one (300 ms here) is no stall, though the endpoint answers other
+/// requests only every 120 ms meanwhile (a GET every 60 ms, round robin over two endpoints).
+#[actix_web::test]
+async fn a_slow_streamed_upload_is_no_stall() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = start_backend("A", "a");
+    let b = start_backend("B", "b");
+    let mut config = passive_only(&[a.addr, b.addr]);
+    config.workers = 1;
+    config.retry_body_limit = 1024;
+    let lb = start_balancer(&config, DnsResolver).await;
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(get(&client, &url_of(&lb, "/")).await.0, 200);
+    }
+    let upload = async {
+        let mut stream = tokio::net::TcpStream::connect(lb.addrs()[0]).await.unwrap();
+        let head =
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6144\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        for _ in 0..6 {
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            stream.write_all(&[b'x'; 1024]).await.unwrap();
+        }
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let gets = async {
+        for _ in 0..6 {
+            actix_web::rt::time::sleep(Duration::from_millis(60)).await;
+            assert_eq!(get(&client, &url_of(&lb, "/")).await.0, 200);
+        }
+    };
+    let (answer, ()) = futures_util::future::join(upload, gets).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"body_length\":6144"),
+        "{answer}"
+    );
+    for endpoint in lb.selector().load().set().endpoints() {
+        assert_eq!(endpoint.watch().stalls(), 0, "{}", endpoint.addr());
+    }
+}
+
 /// A body longer than the retry limit is streamed, so it is never sent twice: a refused first
 /// try ends in 502. A body within the limit is held and retried.
 #[actix_web::test]
