@@ -196,6 +196,10 @@ impl Waiting<'_> {
         observe(took);
         let now = nanos(now);
         self.watch.progress.store(now, Ordering::Relaxed);
+        // A plain load first: the common case (no stall) writes nothing more.
+        if self.watch.stalled_at.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         match self.watch.stalled_at.swap(0, Ordering::Relaxed) {
             0 => None,
             began => Some(Duration::from_nanos(now.saturating_sub(began - 1))),
