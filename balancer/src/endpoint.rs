@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::uri::{self, Authority, PathAndQuery, Scheme};
 use actix_web::http::Uri;
-use log::info;
+use log::{log, Level};
 
 use crate::health::{ActivePolicy, ActiveState, Admission, Flip, PassivePolicy, PassiveState};
 use crate::stall::{self, Began, Watch};
@@ -120,7 +120,8 @@ impl Endpoint {
     pub fn stalled(&self, check: stall::Check) -> bool {
         let (stalled, began) = self.watch.stalled(check);
         if let Some(Began(at)) = began {
-            info!(
+            log!(
+                stall_log_level(self.watch.log_loudly(check.now)),
                 "stall: endpoint {} ({}) has answered nothing for {} ms while {} request(s) wait \
                  on it; new requests go to other endpoints until it answers",
                 self.addr,
@@ -133,10 +134,13 @@ impl Endpoint {
     }
 
     /// Records that a try waiting on the endpoint got its response head at `now`, `took` after
-    /// it was sent; logs the end of a stall that this answer ends.
+    /// it was sent; logs the end of a stall that this answer ends (at the level its start was
+    /// logged at).
     pub fn answered(&self, waiting: stall::Waiting<'_>, now: Instant, took: Duration) {
         if let Some(silent) = waiting.answered(now, took) {
-            info!(
+            let began = stall::nanos(now).saturating_sub(silent.as_nanos() as u64);
+            log!(
+                stall_log_level(self.watch.logged_since(began)),
                 "stall: endpoint {} ({}) answers again after {} ms without answering",
                 self.addr,
                 self.upstream,
@@ -248,6 +252,15 @@ impl Endpoint {
     /// Whether `self` and `other` are the same endpoint of the same upstream.
     pub fn same_as(&self, other: &Endpoint) -> bool {
         self.order(other) == Ordering::Equal
+    }
+}
+
+/// `info` for a stall logged loudly, `debug` for the ones in between.
+fn stall_log_level(loud: bool) -> Level {
+    if loud {
+        Level::Info
+    } else {
+        Level::Debug
     }
 }
 

@@ -131,7 +131,14 @@ pub struct Watch {
     stalled_at: AtomicU64,
     /// Stalls noticed so far (for `/metrics`).
     stalls: AtomicU64,
+    /// When a stall was last logged at `info` ([`nanos`] plus one; 0: never), so that an
+    /// endpoint that keeps stalling and answering logs at most once per [`LOG_EVERY`].
+    logged: AtomicU64,
 }
+
+/// At most one stall of an endpoint a period is logged at `info`; the others at `debug` (all
+/// are counted in `rondo_endpoint_stalls_total`).
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Watch {
     /// Counts a try as waiting from `now` until the returned guard is answered or dropped.
@@ -174,6 +181,25 @@ impl Watch {
     /// Stalls noticed since the endpoint was discovered.
     pub fn stalls(&self) -> u64 {
         self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// Whether a stall noticed at `now` ([`nanos`]) is to be logged at `info`: the first one,
+    /// and then one per [`LOG_EVERY`].
+    pub fn log_loudly(&self, now: u64) -> bool {
+        let last = self.logged.load(Ordering::Relaxed);
+        let every = LOG_EVERY.as_nanos() as u64;
+        if last != 0 && now.saturating_sub(last - 1) < every {
+            return false;
+        }
+        self.logged
+            .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Whether the last stall logged at `info` began at `began` ([`nanos`]) or later: then its
+    /// end is logged at `info` too.
+    pub fn logged_since(&self, began: u64) -> bool {
+        self.logged.load(Ordering::Relaxed) > began
     }
 
     /// Whether a noticed stall has not ended yet.
@@ -319,6 +345,19 @@ mod tests {
             assert_eq!(w.wait(at).answered(at + MS, MS), None);
         }
         assert_eq!(w.stalls(), 0);
+    }
+
+    #[test]
+    fn stalls_are_logged_loudly_once_per_period() {
+        let w = Watch::default();
+        let t0 = nanos(Instant::now());
+        let every = LOG_EVERY.as_nanos() as u64;
+        assert!(w.log_loudly(t0));
+        assert!(w.logged_since(t0.saturating_sub(1)));
+        assert!(!w.log_loudly(t0 + 1_000_000));
+        assert!(!w.log_loudly(t0 + every - 1));
+        assert!(w.log_loudly(t0 + every));
+        assert!(!w.logged_since(t0 + every + 1));
     }
 
     #[test]
