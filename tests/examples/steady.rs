@@ -1,15 +1,16 @@
 //! A steady load against a port of 127.0.0.1, with the fault suite's load generator, printing
 //! latency percentiles and when the slow requests were sent (to find periodic stalls).
 //!
-//! `cargo run --release -p rondo-tests --example steady -- PORT [RATE] [TOTAL] [CONNECTIONS]`
-//! (defaults: 2000 requests/s, 20,000 requests, 64 connections).
+//! `cargo run --release -p rondo-tests --example steady -- PORT [RATE] [TOTAL] [CONNECTIONS]
+//! [GET|POST]` (defaults: 2000 requests/s, 20,000 requests, 64 connections, `GET /`; `POST`
+//! sends the fault suite's POSTs to `/echo`, each with its own `X-Test-Id`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rondo_tests::load::{self, fmt_duration, Method, Spec, Summary};
 
-const USAGE: &str = "usage: steady PORT [RATE] [TOTAL] [CONNECTIONS]";
+const USAGE: &str = "usage: steady PORT [RATE] [TOTAL] [CONNECTIONS] [GET|POST]";
 
 /// Says what was wrong with the arguments, and how to call it, then exits 2.
 fn usage_error(what: &str) -> ! {
@@ -38,10 +39,21 @@ fn main() {
     let rate = arg(1, "RATE", 2000.0);
     let total = arg(2, "TOTAL", 20_000.0) as usize;
     let connections = arg(3, "CONNECTIONS", 64.0) as usize;
+    let (path, method) = match args.get(4).map(String::as_str) {
+        None | Some("GET") => ("/", Method::Get),
+        Some("POST") => (
+            "/echo",
+            Method::Post {
+                body: br#"{"steady":"load"}"#.to_vec(),
+                id_prefix: format!("steady-{}-", std::process::id()),
+            },
+        ),
+        Some(other) => usage_error(&format!("the method must be GET or POST (got {other:?})")),
+    };
     let spec = Spec {
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        path: "/".into(),
-        method: Method::Get,
+        path: path.into(),
+        method,
         connections,
         total,
         rate: Some(rate),
@@ -60,6 +72,9 @@ fn main() {
         fmt_duration(s.p99),
         fmt_duration(s.max)
     );
+    if !s.failures.is_empty() {
+        println!("failures by kind: {:?}", s.failures);
+    }
     // The same in microseconds, with the p99.9: the fault suite's p99s are a millisecond or two,
     // where one decimal of a millisecond hides the difference between two balancers.
     let mut micros: Vec<u128> = outcomes.iter().map(|o| o.latency.as_micros()).collect();
