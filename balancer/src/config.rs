@@ -110,8 +110,8 @@ pub struct Config {
 
     /// An endpoint that answers nothing for this long while requests wait on it (a hung
     /// container) gets no new requests until it answers; longer when its usual answers take
-    /// longer (see the README); 0 turns this off.
-    #[arg(long, env = "RONDO_STALL_TIMEOUT", default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
+    /// longer (see the README); 0s or off turns this off.
+    #[arg(long, env = "RONDO_STALL_TIMEOUT", default_value = "50ms", value_parser = parse_duration_or_off, value_name = "DURATION|off")]
     pub stall_timeout: Duration,
 
     /// Active health checks: `on` probes every endpoint with GET RONDO_HEALTH_PATH; `off` when
@@ -503,6 +503,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration, or `off` (the same as zero: the feature is off).
+fn parse_duration_or_off(s: &str) -> Result<Duration, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s).map_err(|e| format!("{e}, or off"))
+}
+
 fn parse_at_least(s: &str, min: Duration) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < min {
@@ -593,6 +601,26 @@ mod tests {
         assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
         assert_eq!(c.admin_listen, Some("127.0.0.1:9901".parse().unwrap()));
         assert_eq!(c.access_log, AccessLog::Common);
+        assert_eq!(c.stall_timeout, Duration::from_millis(50));
+    }
+
+    /// The stall threshold takes a duration or `off` (zero), and says so when given neither.
+    #[test]
+    fn stall_timeout_takes_off() {
+        for (value, expect) in [
+            ("off", Duration::ZERO),
+            ("OFF", Duration::ZERO),
+            ("0s", Duration::ZERO),
+            ("200ms", Duration::from_millis(200)),
+        ] {
+            let c = parse(&["--upstreams", "a:1", "--stall-timeout", value]).unwrap();
+            assert_eq!(c.stall_timeout, expect, "{value}");
+        }
+        let msg = parse(&["--upstreams", "a:1", "--stall-timeout", "soon"]).unwrap_err();
+        assert!(
+            msg.contains("RONDO_STALL_TIMEOUT") && msg.contains("500ms") && msg.contains("or off"),
+            "{msg}"
+        );
     }
 
     /// The admin listener can be turned off; the token never shows in the effective config.

@@ -223,7 +223,7 @@ async fn load_while_an_endpoint_hangs(stall_timeout: Duration) -> HangOutcome {
 /// An endpoint that stops answering (a paused container) gets no new requests once it has
 /// answered nothing for the stall threshold (50 ms here), long before the response timeout:
 /// only the few requests sent to it in that moment wait for the timeout, then succeed on
-/// another endpoint. With stall detection off (`RONDO_STALL_TIMEOUT=0s`, nginx's behaviour)
+/// another endpoint. With stall detection off (`RONDO_STALL_TIMEOUT=off`, nginx's behaviour)
 /// every connection soon has a request waiting on it.
 #[actix_web::test]
 async fn a_hung_endpoint_is_passed_over_long_before_the_response_timeout() {
