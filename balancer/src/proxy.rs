@@ -39,6 +39,7 @@ use crate::limits::{self, Exceeded, Fault, GuardedBody, Limits};
 use crate::retry::{self, Failure};
 use crate::screen;
 use crate::selection::RoundRobin;
+use crate::stall::Waiting;
 use crate::stats::{class_of, Totals};
 use crate::websocket;
 
@@ -324,12 +325,7 @@ async fn try_forward(
         let sent = send(&clients.plain, req, forwarding, id, &endpoint, &mut body).await;
         let res = match sent {
             Ok(res) => {
-                let now = Instant::now();
-                let took = now - sent_at;
-                if let Some(waiting) = waiting {
-                    endpoint.answered(waiting, now, took);
-                }
-                answered(&endpoint, res.status(), took, exchange.as_mut());
+                answered(&endpoint, waiting, sent_at, res.status(), exchange.as_mut());
                 res
             }
             Err(err) => {
@@ -445,14 +441,21 @@ pub(crate) fn retrying(forwarding: &Forwarding, failed: &Endpoint) {
     forwarding.totals.retries.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Records that `endpoint` answered a try with `status` after `took`: its counters, its
-/// passive health, and the request's exchange.
+/// Records that `endpoint` answered a try sent at `sent_at` with `status`, now: its stall
+/// watch (when the try was `waiting`), its counters, its passive health, and the request's
+/// exchange.
 pub(crate) fn answered(
     endpoint: &Endpoint,
+    waiting: Option<Waiting<'_>>,
+    sent_at: Instant,
     status: StatusCode,
-    took: Duration,
     exchange: Option<&mut Exchange>,
 ) {
+    let now = Instant::now();
+    let took = now - sent_at;
+    if let Some(waiting) = waiting {
+        endpoint.answered(waiting, now, took);
+    }
     let stats = endpoint.stats();
     stats.tries.add(class_of(status.as_u16()));
     stats.upstream_latency.observe(took);

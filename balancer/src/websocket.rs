@@ -154,12 +154,13 @@ pub async fn forward(
         // The endpoint's answer to the handshake, for the access log, its counters and its
         // stall watch.
         let mut answered = |status: StatusCode| {
-            let now = Instant::now();
-            let took = now - sent_at;
-            if let Some(waiting) = waiting.take() {
-                endpoint.answered(waiting, now, took);
-            }
-            proxy::answered(&endpoint, status, took, exchange.as_mut());
+            proxy::answered(
+                &endpoint,
+                waiting.take(),
+                sent_at,
+                status,
+                exchange.as_mut(),
+            );
         };
         let err = match connected {
             Ok((res, upstream)) => {
