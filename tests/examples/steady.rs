@@ -92,13 +92,8 @@ fn main() {
         );
     }
     // Requests slower than the p99, counted by the 100 ms slice in which they were sent.
-    let mut slices = std::collections::BTreeMap::new();
-    for o in outcomes.iter().filter(|o| o.latency >= s.p99) {
-        *slices.entry(o.sent_at.as_millis() / 100).or_insert(0usize) += 1;
-    }
-    let line: Vec<String> = slices
-        .iter()
-        .map(|(slice, n)| format!("{:.1}s:{n}", *slice as f64 / 10.0))
-        .collect();
-    println!("slow (>= p99) by send time: {}", line.join(" "));
+    println!(
+        "slow (>= p99) by send time: {}",
+        load::slow_by_send_time(&outcomes, s.p99)
+    );
 }

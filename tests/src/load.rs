@@ -497,6 +497,21 @@ impl Summary {
     }
 }
 
+/// When the requests at least as slow as `threshold` were sent: their count per 100 ms slice of
+/// the load, as `2.3s:12 2.4s:3` (empty when there were none). Bursts of them at the times of a
+/// Docker command, or at a steady period, tell what made a p99.
+pub fn slow_by_send_time(outcomes: &[Outcome], threshold: Duration) -> String {
+    let mut slices = std::collections::BTreeMap::new();
+    for o in outcomes.iter().filter(|o| o.latency >= threshold) {
+        *slices.entry(o.sent_at.as_millis() / 100).or_insert(0usize) += 1;
+    }
+    slices
+        .iter()
+        .map(|(slice, n)| format!("{:.1}s:{n}", *slice as f64 / 10.0))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `12.3ms`, `1.52s`: a latency for a table.
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
@@ -524,6 +539,21 @@ mod tests {
             body_len: 0,
             body_start: String::new(),
         }
+    }
+
+    /// The slow requests are counted by the 100 ms slice they were sent in, in time order.
+    #[test]
+    fn slow_requests_by_send_time() {
+        let at = |sent_ms: u64, ms: u64| Outcome {
+            sent_at: Duration::from_millis(sent_ms),
+            ..outcome(ms, 200)
+        };
+        let all = [at(2350, 9), at(50, 1), at(2310, 8), at(120, 7), at(2399, 2)];
+        assert_eq!(
+            slow_by_send_time(&all, Duration::from_millis(7)),
+            "0.1s:1 2.3s:2"
+        );
+        assert_eq!(slow_by_send_time(&all, Duration::from_millis(10)), "");
     }
 
     /// Nearest-rank percentiles over 100 latencies 1..=100 ms; failures counted by kind.

@@ -472,6 +472,8 @@ struct Run {
     /// For `scale`: what the new replicas did.
     new_replicas: Option<NewReplicas>,
     post_check: Option<PostCheck>,
+    /// When the requests at or above the p99 were sent ([`load::slow_by_send_time`]).
+    slow: String,
     notes: Vec<String>,
 }
 
@@ -682,11 +684,13 @@ fn run_scenario(
         check_posts(&outcomes, &prefix, &logs)
     });
 
+    let summary = Summary::of(&outcomes);
     let run = Run {
         kind: deployment.kind,
         scenario,
         post,
-        summary: Summary::of(&outcomes),
+        slow: load::slow_by_send_time(&outcomes, summary.p99),
+        summary,
         took,
         faults,
         new_replicas,
@@ -703,6 +707,10 @@ fn run_scenario(
         fmt_duration(run.summary.max),
         run.took,
         run.summary.failures,
+    );
+    eprintln!(
+        "[faults] {label}: at or above the p99, by send time: {}",
+        run.slow
     );
     run
 }
@@ -806,6 +814,11 @@ fn report(runs: &[Run], settings: &Settings, wall: Duration) -> String {
             "- {}: load {:.1}s; {events}",
             run.label(),
             run.took.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "  - at or above the p99, by send time (count per 100 ms): {}",
+            run.slow
         );
         for note in &run.notes {
             let _ = writeln!(out, "  - note: {note}");
