@@ -2,9 +2,14 @@
 //! while a backend is stopped, killed, paused, scaled or restarted, with rondo and, for
 //! comparison, nginx as the balancer in the same Compose layout (`docker-compose.nginx.yml`).
 //!
-//! Each scenario sends `RONDO_FAULTS_REQUESTS` (at least 20,000) GET requests over 64 keep-alive
-//! connections at a steady rate (`RONDO_FAULTS_RATE`, 2,000/s by default, so a scenario lasts
-//! 10-12 s and the Docker commands act while the load runs):
+//! In each scenario each balancer gets `RONDO_FAULTS_REQUESTS` (at least 20,000) GET requests
+//! over 64 keep-alive connections at a steady rate. The two balancers take every scenario
+//! together, each with its own load and its own Docker commands, on one clock, so that what
+//! else the machine does (Docker's health checks, a `docker exec` each, which put a burst of
+//! slow requests on any load; the Docker commands themselves) lands on both alike: with the
+//! balancers taking turns, those bursts decided which of the two had the lower p99. They share
+//! the rate (`RONDO_FAULTS_RATE`, 2,000/s in all by default: 1,000/s each, so a scenario lasts
+//! 20 s, and the Docker commands act while the load runs):
 //!
 //! 1. `stop`: `docker compose stop server2` at 2 s, `start server2` 3 s later;
 //! 2. `kill`: `docker compose kill server2` (SIGKILL) at 2 s, `start server2` 3 s later;
@@ -15,7 +20,8 @@
 //!
 //! and first `baseline`: the load alone, no fault, to read the others' latencies against.
 //!
-//! A second run sends POSTs to `/echo`, each with a unique `X-Test-Id`; the backends' logs (each
+//! A second run (rondo's alone, at the whole rate) sends POSTs to `/echo`, each with a unique
+//! `X-Test-Id`; the backends' logs (each
 //! request is a line with `test_id=<id>`, kept also for replicas a scale-down removes) show how
 //! often each POST reached a backend.
 //!
@@ -37,8 +43,7 @@
 //! timeouts to nginx too.
 //!
 //! Each balancer runs in its own compose project (unique name, free port), both up for the
-//! whole suite so their runs alternate scenario by scenario under the same machine load (taking
-//! turns going first); both are torn down at the end, also on failure.
+//! whole suite; both are torn down at the end, also on failure.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -176,10 +181,11 @@ impl Settings {
         }
     }
 
-    /// Requests of one run of `scenario`: enough for its duration at the rate, at least 20,000.
-    fn requests(&self, scenario: Scenario) -> usize {
+    /// Requests of one load of `scenario` at `rate`: enough for the scenario's duration, at
+    /// least 20,000.
+    fn requests(&self, scenario: Scenario, rate: f64) -> usize {
         self.requests
-            .unwrap_or((self.rate * scenario.seconds()) as usize)
+            .unwrap_or((rate * scenario.seconds()) as usize)
             .max(MIN_REQUESTS)
     }
 }
@@ -466,7 +472,7 @@ struct Run {
     scenario: Scenario,
     post: bool,
     summary: Summary,
-    /// Wall time of the load.
+    /// Wall time of the load: from its start to its last answer.
     took: Duration,
     faults: FaultLog,
     /// For `scale`: what the new replicas did.
@@ -579,55 +585,115 @@ fn report_dir() -> PathBuf {
         .join("faults")
 }
 
-/// Runs one scenario against one balancer: settle, load and faults together, then the figures.
-fn run_scenario(
-    deployment: &Deployment,
+/// Runs one scenario against the `deployments` at once: each is settled, then each gets its own
+/// load and its own Docker commands, all on one clock, so whatever else the machine does
+/// (Docker's health checks, the Docker commands themselves) lands on all of them alike. The
+/// suite's rate is shared among them, so the machine carries the same load however many run.
+fn run_together(
+    deployments: &[&Deployment],
     scenario: Scenario,
     post: bool,
     settings: &Settings,
     nonce: &str,
-) -> Run {
-    let label = format!(
-        "{} {} {}",
-        deployment.kind.name(),
-        scenario.name(),
-        if post { "POST" } else { "GET" }
-    );
-    let mut notes = Vec::new();
-    if let Some(note) = deployment.settle() {
-        eprintln!("[faults] {label}: {note}");
-        notes.push(note);
+) -> Vec<Run> {
+    let rate = settings.rate / deployments.len() as f64;
+    let total = settings.requests(scenario, rate);
+    let mut prepared = Vec::new();
+    for deployment in deployments {
+        let label = format!(
+            "{} {} {}",
+            deployment.kind.name(),
+            scenario.name(),
+            if post { "POST" } else { "GET" }
+        );
+        let mut notes = Vec::new();
+        if let Some(note) = deployment.settle() {
+            eprintln!("[faults] {label}: {note}");
+            notes.push(note);
+        }
+        let prefix = format!("{nonce}-{}-{}-", deployment.kind.name(), scenario.name());
+        let spec = Spec {
+            addr: deployment.addr(),
+            path: if post { "/echo".into() } else { "/".into() },
+            method: if post {
+                Method::Post {
+                    body: br#"{"fault":"suite","payload":"0123456789abcdef"}"#.to_vec(),
+                    id_prefix: prefix.clone(),
+                }
+            } else {
+                Method::Get
+            },
+            connections: CONNECTIONS,
+            total,
+            rate: Some(rate),
+            timeout: CLIENT_TIMEOUT,
+            give_up_after: secs(total as f64 / rate) * 3 + Duration::from_secs(30),
+        };
+        prepared.push((deployment, label, notes, prefix, spec));
     }
-    let total = settings.requests(scenario);
-    let prefix = format!("{nonce}-{}-{}-", deployment.kind.name(), scenario.name());
-    let spec = Spec {
-        addr: deployment.addr(),
-        path: if post { "/echo".into() } else { "/".into() },
-        method: if post {
-            Method::Post {
-                body: br#"{"fault":"suite","payload":"0123456789abcdef"}"#.to_vec(),
-                id_prefix: prefix.clone(),
-            }
-        } else {
-            Method::Get
-        },
-        connections: CONNECTIONS,
-        total,
-        rate: Some(settings.rate),
-        timeout: CLIENT_TIMEOUT,
-        give_up_after: secs(total as f64 / settings.rate) * 3 + Duration::from_secs(30),
-    };
-    let logs_dir = report_dir().join("logs").join(label.replace(' ', "-"));
-    let _ = std::fs::remove_dir_all(&logs_dir);
-    let collector = post.then(|| LogCollector::start(&deployment.project.name, &logs_dir));
+    // The log collectors start once every deployment has settled, just before the load.
+    let collectors: Vec<Option<LogCollector>> = prepared
+        .iter()
+        .map(|(deployment, label, ..)| {
+            post.then(|| {
+                let dir = report_dir().join("logs").join(label.replace(' ', "-"));
+                let _ = std::fs::remove_dir_all(&dir);
+                LogCollector::start(&deployment.project.name, &dir)
+            })
+        })
+        .collect();
 
-    let start = Instant::now() + Duration::from_millis(100);
-    let (outcomes, faults) = std::thread::scope(|s| {
-        let fault_thread = s.spawn(|| faults(deployment, scenario, start));
-        let outcomes = load::run(&spec, start);
-        (outcomes, fault_thread.join().expect("the fault thread"))
+    let start = Instant::now() + Duration::from_millis(200);
+    let results: Vec<(Vec<Outcome>, FaultLog)> = std::thread::scope(|s| {
+        let running: Vec<_> = prepared
+            .iter()
+            .map(|(deployment, _, _, _, spec)| {
+                let faults = s.spawn(move || faults(deployment, scenario, start));
+                let load = s.spawn(move || load::run(spec, start));
+                (load, faults)
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|(load, faults)| {
+                (
+                    load.join().expect("a load thread"),
+                    faults.join().expect("a fault thread"),
+                )
+            })
+            .collect()
     });
-    let took = start.elapsed();
+
+    prepared
+        .into_iter()
+        .zip(collectors)
+        .zip(results)
+        .map(
+            |(((deployment, label, notes, prefix, spec), collector), (outcomes, faults))| {
+                finish_run(
+                    deployment, scenario, post, &label, notes, &prefix, &spec, collector, outcomes,
+                    faults,
+                )
+            },
+        )
+        .collect()
+}
+
+/// The figures of one balancer's part of a scenario, from its outcomes and its Docker commands.
+#[allow(clippy::too_many_arguments)]
+fn finish_run(
+    deployment: &Deployment,
+    scenario: Scenario,
+    post: bool,
+    label: &str,
+    mut notes: Vec<String>,
+    prefix: &str,
+    spec: &Spec,
+    collector: Option<LogCollector>,
+    outcomes: Vec<Outcome>,
+    faults: FaultLog,
+) -> Run {
+    let total = spec.total;
     let load_end = outcomes
         .iter()
         .map(Outcome::done_at)
@@ -653,7 +719,6 @@ fn run_scenario(
             outcomes.len()
         ));
     }
-
     let new_replicas = faults.scaled_up_at.map(|at| {
         let first_served = faults
             .new_replicas
@@ -681,7 +746,7 @@ fn run_scenario(
         // Let the last log lines reach Docker.
         std::thread::sleep(Duration::from_millis(500));
         let logs = c.finish();
-        check_posts(&outcomes, &prefix, &logs)
+        check_posts(&outcomes, prefix, &logs)
     });
 
     let summary = Summary::of(&outcomes);
@@ -691,7 +756,7 @@ fn run_scenario(
         post,
         slow: load::slow_by_send_time(&outcomes, summary.p99),
         summary,
-        took,
+        took: load_end,
         faults,
         new_replicas,
         post_check,
@@ -720,9 +785,11 @@ fn report(runs: &[Run], settings: &Settings, wall: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Fault suite\n\n{CONNECTIONS} keep-alive connections, {:.0} requests/s, \
-         client timeout {}s; rondo with RONDO_RESPONSE_TIMEOUT={:?} (nginx: same timeouts). \
-         Wall time {:.0?}.\n",
+        "## Fault suite\n\n{CONNECTIONS} keep-alive connections per load, {:.0} requests/s \
+         in all: the balancers take each GET scenario together, each with its own load at an \
+         equal share of that rate and its own Docker commands, on one clock; a POST run has the \
+         rate to itself unless nginx runs one too. Client timeout {}s; rondo with \
+         RONDO_RESPONSE_TIMEOUT={:?} (nginx: same timeouts). Wall time {:.0?}.\n",
         settings.rate,
         CLIENT_TIMEOUT.as_secs(),
         settings.response_timeout,
@@ -944,25 +1011,20 @@ fn fault_suite() {
         deployments.push(Deployment::up(Kind::Nginx, &settings));
     }
 
-    // The balancers take turns going first, so neither always runs right after the other's
-    // recovery (or, first of all, right after both projects came up).
+    // Both balancers take each GET scenario together (see `run_together`); the POST runs are
+    // rondo's alone unless RONDO_FAULTS_NGINX_POST=1.
+    let all: Vec<&Deployment> = deployments.iter().collect();
     let mut runs = Vec::new();
-    for (i, &scenario) in settings.scenarios.iter().enumerate() {
-        let mut order: Vec<&Deployment> = deployments.iter().collect();
-        if i % 2 == 1 {
-            order.reverse();
-        }
-        for deployment in order {
-            runs.push(run_scenario(deployment, scenario, false, &settings, &nonce));
-        }
+    for &scenario in &settings.scenarios {
+        runs.extend(run_together(&all, scenario, false, &settings, &nonce));
     }
     if settings.post {
+        let posting: Vec<&Deployment> = deployments
+            .iter()
+            .filter(|d| d.kind == Kind::Rondo || settings.nginx_post)
+            .collect();
         for &scenario in &settings.scenarios {
-            for deployment in &deployments {
-                if deployment.kind == Kind::Rondo || settings.nginx_post {
-                    runs.push(run_scenario(deployment, scenario, true, &settings, &nonce));
-                }
-            }
+            runs.extend(run_together(&posting, scenario, true, &settings, &nonce));
         }
     }
     drop(deployments);
