@@ -40,6 +40,8 @@ impl Head for RequestHead {
     fn clear(&mut self) {
         self.flags = Flags::empty();
         self.headers.clear();
+        // rondo: the URI too holds a slice of the request's read buffer.
+        self.uri = Uri::default();
     }
 
     fn with_pool<F, R>(f: F) -> R
