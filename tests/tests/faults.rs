@@ -629,27 +629,32 @@ fn run_together(
             timeout: CLIENT_TIMEOUT,
             give_up_after: secs(total as f64 / rate) * 3 + Duration::from_secs(30),
         };
-        prepared.push((deployment, label, notes, prefix, spec));
+        prepared.push(Part {
+            deployment,
+            label,
+            notes,
+            prefix,
+            spec,
+            collector: None,
+        });
     }
     // The log collectors start once every deployment has settled, just before the load.
-    let collectors: Vec<Option<LogCollector>> = prepared
-        .iter()
-        .map(|(deployment, label, ..)| {
-            post.then(|| {
-                let dir = report_dir().join("logs").join(label.replace(' ', "-"));
-                let _ = std::fs::remove_dir_all(&dir);
-                LogCollector::start(&deployment.project.name, &dir)
-            })
-        })
-        .collect();
+    if post {
+        for part in &mut prepared {
+            let dir = report_dir().join("logs").join(part.label.replace(' ', "-"));
+            let _ = std::fs::remove_dir_all(&dir);
+            part.collector = Some(LogCollector::start(&part.deployment.project.name, &dir));
+        }
+    }
 
     let start = Instant::now() + Duration::from_millis(200);
     let results: Vec<(Vec<Outcome>, FaultLog)> = std::thread::scope(|s| {
         let running: Vec<_> = prepared
             .iter()
-            .map(|(deployment, _, _, _, spec)| {
+            .map(|part| {
+                let deployment = part.deployment;
                 let faults = s.spawn(move || faults(deployment, scenario, start));
-                let load = s.spawn(move || load::run(spec, start));
+                let load = s.spawn(move || load::run(&part.spec, start));
                 (load, faults)
             })
             .collect();
@@ -666,33 +671,40 @@ fn run_together(
 
     prepared
         .into_iter()
-        .zip(collectors)
         .zip(results)
-        .map(
-            |(((deployment, label, notes, prefix, spec), collector), (outcomes, faults))| {
-                finish_run(
-                    deployment, scenario, post, &label, notes, &prefix, &spec, collector, outcomes,
-                    faults,
-                )
-            },
-        )
+        .map(|(part, (outcomes, faults))| finish_run(part, scenario, post, outcomes, faults))
         .collect()
 }
 
+/// One balancer's part of a scenario run by [`run_together`], before its load.
+struct Part<'a> {
+    deployment: &'a Deployment,
+    /// `rondo stop GET` and the like.
+    label: String,
+    notes: Vec<String>,
+    /// The start of its POSTs' test ids.
+    prefix: String,
+    spec: Spec,
+    /// For a POST run: the backends' logs, kept from just before the load.
+    collector: Option<LogCollector>,
+}
+
 /// The figures of one balancer's part of a scenario, from its outcomes and its Docker commands.
-#[allow(clippy::too_many_arguments)]
 fn finish_run(
-    deployment: &Deployment,
+    part: Part<'_>,
     scenario: Scenario,
     post: bool,
-    label: &str,
-    mut notes: Vec<String>,
-    prefix: &str,
-    spec: &Spec,
-    collector: Option<LogCollector>,
     outcomes: Vec<Outcome>,
     faults: FaultLog,
 ) -> Run {
+    let Part {
+        deployment,
+        label,
+        mut notes,
+        prefix,
+        spec,
+        collector,
+    } = part;
     let total = spec.total;
     let load_end = outcomes
         .iter()
@@ -746,7 +758,7 @@ fn finish_run(
         // Let the last log lines reach Docker.
         std::thread::sleep(Duration::from_millis(500));
         let logs = c.finish();
-        check_posts(&outcomes, prefix, &logs)
+        check_posts(&outcomes, &prefix, &logs)
     });
 
     let summary = Summary::of(&outcomes);
