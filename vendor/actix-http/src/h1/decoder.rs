@@ -1,7 +1,7 @@
 use std::{io, marker::PhantomData, mem::MaybeUninit, task::Poll};
 
 use actix_codec::Decoder;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::{
     header::{self, HeaderName, HeaderValue},
     Method, StatusCode, Uri, Version,
@@ -306,8 +306,16 @@ impl MessageType for Request {
 
         let mut msg = Request::new();
 
+        // rondo: the head's bytes are copied out of the read buffer rather than split off it.
+        // A split-off head shares the buffer's 8 KiB allocation, and actix-web keeps up to 128
+        // finished requests per thread for reuse, each with its head, so those kept that many
+        // read buffers alive. A copy is one allocation the size of the head, as the split's
+        // shared-buffer header was. See vendor/README.md.
+        let head = Bytes::copy_from_slice(&src[..len]);
+        src.advance(len);
+
         // convert headers
-        let mut length = msg.set_headers(&src.split_to(len).freeze(), &headers[..h_len], ver)?;
+        let mut length = msg.set_headers(&head, &headers[..h_len], ver)?;
 
         // disallow HTTP/1.1 requests that do not contain a Host header
         // see https://datatracker.ietf.org/doc/html/rfc9112#section-3.2

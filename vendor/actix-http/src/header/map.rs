@@ -53,8 +53,14 @@ pub struct HeaderMap {
 /// A bespoke non-empty list for HeaderMap values.
 #[derive(Debug, Clone)]
 pub(crate) struct Value {
-    inner: SmallVec<[HeaderValue; 4]>,
+    inner: SmallVec<[HeaderValue; INLINE_VALUES]>,
 }
+
+/// rondo: how many values of one header name are kept inline in the map's table; more go to
+/// the heap. actix-http kept 4, which made each slot of a header map 200 bytes (a request
+/// head's 32 slots 6.4 KiB, for a request with two or three headers); almost every header
+/// has one value, and with 1 a slot is 80 bytes. See vendor/README.md.
+const INLINE_VALUES: usize = 1;
 
 impl Value {
     fn one(val: HeaderValue) -> Self {
@@ -77,7 +83,7 @@ impl Value {
 }
 
 impl ops::Deref for Value {
-    type Target = SmallVec<[HeaderValue; 4]>;
+    type Target = SmallVec<[HeaderValue; INLINE_VALUES]>;
 
     fn deref(&self) -> &Self::Target {
         &self.inner
@@ -691,7 +697,7 @@ impl From<&HeaderMap> for http::HeaderMap {
 /// and [`HeaderMap::remove`].
 #[derive(Debug)]
 pub struct Removed {
-    inner: Option<smallvec::IntoIter<[HeaderValue; 4]>>,
+    inner: Option<smallvec::IntoIter<[HeaderValue; INLINE_VALUES]>>,
 }
 
 impl Removed {
@@ -760,7 +766,7 @@ impl iter::FusedIterator for Keys<'_> {}
 #[derive(Debug)]
 pub struct Iter<'a> {
     inner: hash_map::Iter<'a, HeaderName, Value>,
-    multi_inner: Option<(&'a HeaderName, &'a SmallVec<[HeaderValue; 4]>)>,
+    multi_inner: Option<(&'a HeaderName, &'a SmallVec<[HeaderValue; INLINE_VALUES]>)>,
     multi_idx: usize,
     remaining: usize,
 }
@@ -819,7 +825,7 @@ impl iter::FusedIterator for Iter<'_> {}
 #[derive(Debug)]
 pub struct Drain<'a> {
     inner: hash_map::Drain<'a, HeaderName, Value>,
-    multi_inner: Option<(Option<HeaderName>, SmallVec<[HeaderValue; 4]>)>,
+    multi_inner: Option<(Option<HeaderName>, SmallVec<[HeaderValue; INLINE_VALUES]>)>,
     multi_idx: usize,
     remaining: usize,
 }
@@ -875,7 +881,7 @@ impl iter::FusedIterator for Drain<'_> {}
 #[derive(Debug)]
 pub struct IntoIter {
     inner: hash_map::IntoIter<HeaderName, Value>,
-    multi_inner: Option<(HeaderName, smallvec::IntoIter<[HeaderValue; 4]>)>,
+    multi_inner: Option<(HeaderName, smallvec::IntoIter<[HeaderValue; INLINE_VALUES]>)>,
     remaining: usize,
 }
 
