@@ -1,17 +1,13 @@
 //! What the balancer keeps for each client connection, in the connection's data (set up by
 //! [`on_connect`], read with `HttpRequest::conn_data`): whether a request on it was refused,
-//! the peer's address as the forwarding headers write it, and the open-connection count.
-//!
-//! One value per connection, so a keep-alive connection formats its peer's address once, not
-//! once per request.
+//! and the open-connection count. It is kept small: an idle keep-alive connection costs
+//! little more than it (16 bytes) and actix's own state.
 
 use std::any::Any;
-use std::cell::{Cell, OnceCell};
-use std::net::IpAddr;
+use std::cell::Cell;
 use std::sync::Arc;
 
 use actix_web::dev::Extensions;
-use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
 
 use crate::stats::{self, Totals};
@@ -21,8 +17,6 @@ use crate::stats::{self, Totals};
 pub struct ClientConnection {
     /// A request on this connection was refused; every later one is too ([`crate::screen`]).
     refused: Cell<bool>,
-    /// The peer's address as forwarding headers write it, made on the first request.
-    peer: OnceCell<Option<HeaderValue>>,
     /// Counts the connection as open until its data is dropped (the connection closed).
     _open: stats::Connection,
 }
@@ -32,7 +26,6 @@ impl ClientConnection {
     pub fn new(totals: Arc<Totals>) -> Self {
         ClientConnection {
             refused: Cell::new(false),
-            peer: OnceCell::new(),
             _open: stats::Connection::open(totals),
         }
     }
@@ -51,13 +44,6 @@ impl ClientConnection {
     /// Remembers that a request on this connection was refused.
     pub fn refuse(&self) {
         self.refused.set(true);
-    }
-
-    /// The peer's address `peer` as a header value, made once per connection.
-    pub fn peer_value(&self, peer: Option<IpAddr>) -> Option<HeaderValue> {
-        self.peer
-            .get_or_init(|| peer.and_then(crate::headers::peer_value))
-            .clone()
     }
 }
 

@@ -13,6 +13,7 @@
 //!   a sane token, otherwise the balancer makes one (32 hex digits, like nginx's
 //!   `$request_id`); the endpoint and the client both see it.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -130,8 +131,7 @@ fn hex32(bits: u128) -> [u8; 32] {
 pub struct ClientSide<'a> {
     /// The peer's address; `None` only for connections without one (never over TCP).
     pub peer: Option<IpAddr>,
-    /// The peer's address as forwarding headers write it ([`peer_value`]), made once per
-    /// connection by [`crate::connection::ClientConnection`].
+    /// The peer's address as forwarding headers write it ([`peer_value`]).
     pub peer_value: Option<HeaderValue>,
     /// The request's `Host` header.
     pub host: Option<&'a HeaderValue>,
@@ -153,8 +153,34 @@ impl<'a> ClientSide<'a> {
 
 /// A client's address as forwarding headers write it: IPv4 clients of a dual-stack listener
 /// (`::ffff:a.b.c.d`) as IPv4.
+///
+/// Each thread keeps the values it made last in a small table, one per slot, the slot chosen
+/// by the address: requests from a client it has just seen (a keep-alive client, or any of the
+/// connections Docker's proxy opens from one address) cost a comparison and a reference count,
+/// not formatting and an allocation, and no connection keeps a value of its own.
 pub fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
-    HeaderValue::from_str(&peer.to_canonical().to_string()).ok()
+    const SLOTS: usize = 64;
+    thread_local! {
+        static RECENT: RefCell<[Option<(IpAddr, HeaderValue)>; SLOTS]> =
+            const { RefCell::new([const { None }; SLOTS]) };
+    }
+    let folded = match peer {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    // Fibonacci hashing: the top 6 bits of the product pick one of the 64 slots.
+    let slot = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
+    RECENT.with_borrow_mut(|recent| match &recent[slot] {
+        Some((ip, value)) if *ip == peer => Some(value.clone()),
+        _ => {
+            let value = HeaderValue::from_str(&peer.to_canonical().to_string()).ok()?;
+            recent[slot] = Some((peer, value.clone()));
+            Some(value)
+        }
+    })
 }
 
 /// How forwarding headers are written: whom to believe, and whether to add `Forwarded`.
@@ -550,6 +576,28 @@ mod tests {
             Some("for=203.0.113.9;proto=https, for=10.9.8.7;host=shop.example;proto=http")
         );
         assert_eq!(get(&h, "via"), Some("1.1 edge, 1.1 rondo"));
+    }
+
+    /// The per-thread table of formatted addresses gives each address its own value, also
+    /// when many addresses share a slot, and the same value again for a repeated address.
+    #[test]
+    fn peer_values_stay_right_for_many_addresses() {
+        let addresses: Vec<IpAddr> = (0..300u32)
+            .map(|i| IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]))
+            .chain((0..300u16).map(|i| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i])))
+            .collect();
+        for _ in 0..2 {
+            for ip in &addresses {
+                assert_eq!(
+                    peer_value(*ip).unwrap().to_str().unwrap(),
+                    ip.to_string(),
+                    "{ip}"
+                );
+                assert_eq!(peer_value(*ip).unwrap(), ip.to_string().as_str());
+            }
+        }
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(peer_value(mapped).unwrap(), "192.0.2.1");
     }
 
     /// Without a `Host`, an untrusted client's `X-Forwarded-Host` is dropped, not kept.

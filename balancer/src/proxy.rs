@@ -30,7 +30,6 @@ use smallvec::SmallVec;
 
 use crate::access::Exchange;
 use crate::config::AccessLog;
-use crate::connection::ClientConnection;
 use crate::endpoint::{Endpoint, InFlight};
 pub use crate::headers::copy_end_to_end;
 use crate::headers::{self as hdr, ClientSide, ForwardingPolicy, X_REQUEST_ID};
@@ -366,15 +365,7 @@ pub(crate) fn upstream_headers(
 ) {
     let peer = req.peer_addr().map(|a| a.ip());
     let host = req.headers().get(header::HOST);
-    let client = match ClientConnection::of(req) {
-        Some(connection) => ClientSide {
-            peer,
-            peer_value: connection.peer_value(peer),
-            host,
-            version: req.version(),
-        },
-        None => ClientSide::new(peer, host, req.version()),
-    };
+    let client = ClientSide::new(peer, host, req.version());
     forwarding.forwarding_headers.apply(client, headers);
     headers.insert(X_REQUEST_ID, id.clone());
 }

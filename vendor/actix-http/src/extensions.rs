@@ -1,47 +1,26 @@
 use std::{
     any::{Any, TypeId},
-    collections::HashMap,
     fmt,
-    hash::{BuildHasherDefault, Hasher},
 };
-
-/// A hasher for `TypeId`s that takes advantage of its known characteristics.
-///
-/// Author of `anymap` crate has done research on the topic:
-/// https://github.com/chris-morgan/anymap/blob/2e9a5704/src/lib.rs#L599
-#[derive(Debug, Default)]
-struct NoOpHasher(u64);
-
-impl Hasher for NoOpHasher {
-    fn write(&mut self, _bytes: &[u8]) {
-        unimplemented!("This NoOpHasher can only handle u64s")
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.0 = i;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// A type map for request extensions.
 ///
 /// All entries into this map must be owned types (or static references).
 #[derive(Default)]
 pub struct Extensions {
-    // use no-op hasher with a std HashMap with for faster lookups on the small `TypeId` keys
-    map: HashMap<TypeId, Box<dyn Any>, BuildHasherDefault<NoOpHasher>>,
+    // rondo: a list searched in order instead of a hash map. An `Extensions` holds a few
+    // entries (a connection's data one, a request's none to three), and every client connection
+    // with connection data kept a hash table of four slots (148 bytes) for one entry; the list
+    // takes 32 bytes for it, and finding one of a few `TypeId`s by comparing them is no slower
+    // than hashing. See vendor/README.md.
+    map: Vec<(TypeId, Box<dyn Any>)>,
 }
 
 impl Extensions {
     /// Creates an empty `Extensions`.
     #[inline]
     pub fn new() -> Extensions {
-        Extensions {
-            map: HashMap::default(),
-        }
+        Extensions { map: Vec::new() }
     }
 
     /// Insert an item into the map.
@@ -57,9 +36,14 @@ impl Extensions {
     /// assert_eq!(*map.get::<u32>().unwrap(), 2u32);
     /// ```
     pub fn insert<T: 'static>(&mut self, val: T) -> Option<T> {
-        self.map
-            .insert(TypeId::of::<T>(), Box::new(val))
-            .and_then(downcast_owned)
+        let boxed: Box<dyn Any> = Box::new(val);
+        match self.position(TypeId::of::<T>()) {
+            Some(at) => downcast_owned(std::mem::replace(&mut self.map[at].1, boxed)),
+            None => {
+                self.push(TypeId::of::<T>(), boxed);
+                None
+            }
+        }
     }
 
     /// Check if map contains an item of a given type.
@@ -73,7 +57,7 @@ impl Extensions {
     /// assert!(map.contains::<u32>());
     /// ```
     pub fn contains<T: 'static>(&self) -> bool {
-        self.map.contains_key(&TypeId::of::<T>())
+        self.position(TypeId::of::<T>()).is_some()
     }
 
     /// Get a reference to an item of a given type.
@@ -85,9 +69,8 @@ impl Extensions {
     /// assert_eq!(map.get::<u32>(), Some(&1u32));
     /// ```
     pub fn get<T: 'static>(&self) -> Option<&T> {
-        self.map
-            .get(&TypeId::of::<T>())
-            .and_then(|boxed| boxed.downcast_ref())
+        let at = self.position(TypeId::of::<T>())?;
+        self.map[at].1.downcast_ref()
     }
 
     /// Get a mutable reference to an item of a given type.
@@ -99,9 +82,8 @@ impl Extensions {
     /// assert_eq!(map.get_mut::<u32>(), Some(&mut 1u32));
     /// ```
     pub fn get_mut<T: 'static>(&mut self) -> Option<&mut T> {
-        self.map
-            .get_mut(&TypeId::of::<T>())
-            .and_then(|boxed| boxed.downcast_mut())
+        let at = self.position(TypeId::of::<T>())?;
+        self.map[at].1.downcast_mut()
     }
 
     /// Inserts the given `value` into the extensions if it is not present, then returns a reference
@@ -137,9 +119,15 @@ impl Extensions {
     /// assert_eq!(map.get::<Vec<u32>>(), Some(&vec![1,2]));
     /// ```
     pub fn get_or_insert_with<T: 'static, F: FnOnce() -> T>(&mut self, default: F) -> &mut T {
-        self.map
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| Box::new(default()))
+        let at = match self.position(TypeId::of::<T>()) {
+            Some(at) => at,
+            None => {
+                self.push(TypeId::of::<T>(), Box::new(default()));
+                self.map.len() - 1
+            }
+        };
+        self.map[at]
+            .1
             .downcast_mut()
             .expect("extensions map should now contain a T value")
     }
@@ -159,7 +147,8 @@ impl Extensions {
     /// assert!(!map.contains::<u32>());
     /// ```
     pub fn remove<T: 'static>(&mut self) -> Option<T> {
-        self.map.remove(&TypeId::of::<T>()).and_then(downcast_owned)
+        let at = self.position(TypeId::of::<T>())?;
+        downcast_owned(self.map.swap_remove(at).1)
     }
 
     /// Clear the `Extensions` of all inserted extensions.
@@ -181,7 +170,27 @@ impl Extensions {
 
     /// Extends self with the items from another `Extensions`.
     pub fn extend(&mut self, other: Extensions) {
-        self.map.extend(other.map);
+        for (id, boxed) in other.map {
+            match self.position(id) {
+                Some(at) => self.map[at].1 = boxed,
+                None => self.push(id, boxed),
+            }
+        }
+    }
+
+    /// rondo: where the entry for `id` is.
+    #[inline]
+    fn position(&self, id: TypeId) -> Option<usize> {
+        self.map.iter().position(|(t, _)| *t == id)
+    }
+
+    /// rondo: adds an entry for `id`, known not to be there. The first takes an allocation for
+    /// one entry (a `Vec` would make room for four).
+    fn push(&mut self, id: TypeId, boxed: Box<dyn Any>) {
+        if self.map.capacity() == 0 {
+            self.map.reserve_exact(1);
+        }
+        self.map.push((id, boxed));
     }
 }
 
