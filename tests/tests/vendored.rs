@@ -1,7 +1,11 @@
-//! The vendored actix-http (vendor/README.md). As awc uses it: every request awc sends makes a
-//! `ClientCodec::default()`, which now shares one configuration per thread instead of starting
-//! a date-updating task per request. The date it writes must stay current, also when the
-//! thread runs a second runtime after the first was dropped (as between tests).
+//! The vendored actix-http's changes (vendor/README.md) that rondo's other tests cannot see.
+//!
+//! - As awc uses it: every request awc sends makes a `ClientCodec::default()`, which now shares
+//!   one configuration per thread instead of starting a date-updating task per request. The
+//!   date it writes must stay current, also when the thread runs a second runtime after the
+//!   first was dropped (as between tests).
+//! - A decoded request head no longer shares the read buffer, and its header map keeps one
+//!   value per name inline: every value must still be there, in order.
 
 use std::time::Duration;
 
