@@ -33,11 +33,42 @@ pub struct Faulty {
 }
 
 /// An address on 127.0.0.1 where nothing listens (connections are refused).
+///
+/// The port stays bound, without listening, for the rest of the process: a port that was only
+/// found free and let go can be handed to the next `bind` to port 0, and tests run in parallel,
+/// so another test's server once answered at the "refusing" address.
 pub fn refusing_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    let held = HeldPort::new();
+    let addr = held.addr;
+    // Kept open (bound, never listening) until the test process exits.
+    std::mem::forget(held);
+    addr
+}
+
+/// A port on 127.0.0.1, bound and not listening (connections are refused), held until this is
+/// dropped: for a test that starts a server there later, dropping it just before.
+pub struct HeldPort {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl HeldPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind 127.0.0.1:0");
+        HeldPort {
+            addr: socket.local_addr().expect("the bound address"),
+            _socket: socket,
+        }
+    }
+}
+
+impl Default for HeldPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Starts an endpoint on 127.0.0.1 that misbehaves as `fault` says, on every connection.

@@ -351,7 +351,8 @@ async fn death_mid_response_cuts_that_response_only() {
 #[actix_web::test]
 async fn endpoint_out_after_a_failure_returns_after_a_good_trial() {
     let a = start_backend("A", "a");
-    let gone = refusing_addr();
+    let held = HeldPort::new();
+    let gone = held.addr;
     let mut config = passive_only(&[gone, a.addr]);
     config.fail_timeout = Duration::from_millis(300);
     let lb = start_balancer(&config, DnsResolver).await;
@@ -363,6 +364,7 @@ async fn endpoint_out_after_a_failure_returns_after_a_good_trial() {
         200
     );
 
+    drop(held);
     let _back = start_backend_on(&gone.to_string(), "B", "b");
     let started = Instant::now();
     loop {
