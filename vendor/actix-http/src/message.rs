@@ -69,10 +69,11 @@ impl<T: Head> Drop for Message<T> {
         // rondo: cleared before it goes back to the pool, not when it is taken out again: a
         // pooled head kept its headers, which point into the read buffer of the request they
         // came with, and so kept up to 128 of those 8 KiB buffers alive per pool and thread.
+        // Only a head this message alone holds goes back, so every pooled head is cleared.
         if let Some(head) = Rc::get_mut(&mut self.head) {
             head.clear();
+            T::with_pool(|p| p.release(Rc::clone(&self.head)))
         }
-        T::with_pool(|p| p.release(Rc::clone(&self.head)))
     }
 }
 
@@ -88,12 +89,11 @@ impl<T: Head> MessagePool<T> {
     /// Get message from the pool
     #[inline]
     fn get_message(&self) -> Message<T> {
-        if let Some(mut msg) = self.0.borrow_mut().pop() {
-            // Message is put in pool only when it's the last copy.
-            // which means it's guaranteed to be unique when popped out.
-            Rc::get_mut(&mut msg)
-                .expect("Multiple copies exist")
-                .clear();
+        if let Some(msg) = self.0.borrow_mut().pop() {
+            // rondo: a head is cleared as it goes back to the pool (`Drop for Message`), so it
+            // is not cleared again here. It is put in the pool only as the last copy, so it is
+            // unique when popped out.
+            debug_assert!(Rc::strong_count(&msg) == 1, "Multiple copies exist");
             Message { head: msg }
         } else {
             Message {
