@@ -20,30 +20,44 @@ ENV RUSTFLAGS="-C target-feature=+crt-static" \
 
 WORKDIR /src
 
-# 1) Dependencies only, cached as long as the manifests and the lock file do not change.
-#    The stub crates' own artifacts and fingerprints are dropped afterwards (cargo clean -p) so
-#    the real build below cannot mistake them for up to date.
+# 0) llvm-profdata for the profile-guided build (scripts/pgo-build): rustup's llvm-tools
+#    component where rustup is, else Debian's llvm-<rustc's LLVM major>.
+COPY scripts/pgo-build scripts/pgo-build
+RUN scripts/pgo-build tools \
+ && rm -rf /var/lib/apt/lists/*
+
+# 1) Dependencies only, instrumented for the profile-guided build, cached as long as the manifests
+#    and the lock file do not change. The stub crates' own artifacts and fingerprints are dropped
+#    afterwards (cargo clean -p) so the real build below cannot mistake them for up to date. The
+#    optimised build of the dependencies cannot be cached: it depends on the profile, which
+#    depends on the sources.
 COPY Cargo.toml Cargo.lock ./
 COPY vendor vendor
 COPY backend/Cargo.toml backend/Cargo.toml
 COPY balancer/Cargo.toml balancer/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
-RUN mkdir -p backend/src balancer/src balancer/benches tests/src \
+RUN mkdir -p backend/src balancer/src/bin balancer/benches tests/src \
  && echo 'fn main() {}' > backend/src/main.rs  && : > backend/src/lib.rs \
  && echo 'fn main() {}' > balancer/src/main.rs && : > balancer/src/lib.rs \
+ && echo 'fn main() {}' > balancer/src/bin/pgo_train.rs \
  && echo 'fn main() {}' > balancer/benches/selection.rs \
  && : > tests/src/lib.rs \
- && cargo build --release --locked --target "$TARGET" -p backend -p balancer \
- && cargo clean --release --target "$TARGET" -p backend -p balancer \
+ && scripts/pgo-build deps \
+ && CARGO_TARGET_DIR=target/pgo-instrumented \
+    cargo clean --release --target "$TARGET" -p backend -p balancer \
  && rm -rf backend/src balancer/src balancer/benches
 
-# 2) The real sources (tests/ is only a workspace member here: its stub is enough). Touching
-#    them makes sure cargo sees them as newer than anything in the cached layer. The final loop
-#    refuses to hand a dynamically linked binary to `scratch`.
+# 2) The real sources (tests/ is only a workspace member here: its stub is enough), built with
+#    profile-guided optimisation: instrumented, trained on 127.0.0.1 inside this build, then
+#    optimised with the profile (scripts/pgo-build; about a fifth less CPU per request).
+#    --build-arg RONDO_PGO=off builds without it. Touching the sources makes sure cargo sees
+#    them as newer than anything in the cached layer. The final loop refuses to hand a
+#    dynamically linked binary to `scratch`.
+ARG RONDO_PGO=on
 COPY backend backend
 COPY balancer balancer
 RUN find backend balancer -name '*.rs' -exec touch {} + \
- && cargo build --release --locked --target "$TARGET" -p backend -p balancer \
+ && RONDO_PGO="$RONDO_PGO" scripts/pgo-build \
  && mkdir -p /out/bin /out/etc \
  && cp "target/$TARGET/release/backend" "target/$TARGET/release/rondo" /out/bin/ \
  && echo 'rondo:x:10001:10001:rondo:/nonexistent:/sbin/nologin' > /out/etc/passwd \
