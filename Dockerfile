@@ -22,15 +22,17 @@ WORKDIR /src
 
 # 0) llvm-profdata for the profile-guided build (scripts/pgo-build): rustup's llvm-tools
 #    component where rustup is, else Debian's llvm-<rustc's LLVM major>.
+#    --build-arg RONDO_PGO=off builds without profile (and without llvm-profdata).
+ARG RONDO_PGO=on
 COPY scripts/pgo-build scripts/pgo-build
-RUN scripts/pgo-build tools \
+RUN RONDO_PGO="$RONDO_PGO" scripts/pgo-build tools \
  && rm -rf /var/lib/apt/lists/*
 
-# 1) Dependencies only, instrumented for the profile-guided build, cached as long as the manifests
-#    and the lock file do not change. The stub crates' own artifacts and fingerprints are dropped
-#    afterwards (cargo clean -p) so the real build below cannot mistake them for up to date. The
-#    optimised build of the dependencies cannot be cached: it depends on the profile, which
-#    depends on the sources.
+# 1) Dependencies only, instrumented for the profile-guided build (plain with RONDO_PGO=off),
+#    cached as long as the manifests and the lock file do not change. The stub crates' own
+#    artifacts and fingerprints are dropped afterwards (cargo clean -p) so the real build below
+#    cannot mistake them for up to date. The optimised build of the dependencies cannot be
+#    cached: it depends on the profile, which depends on the sources.
 COPY Cargo.toml Cargo.lock ./
 COPY vendor vendor
 COPY backend/Cargo.toml backend/Cargo.toml
@@ -42,7 +44,8 @@ RUN mkdir -p backend/src balancer/src/bin balancer/benches tests/src \
  && echo 'fn main() {}' > balancer/src/bin/pgo_train.rs \
  && echo 'fn main() {}' > balancer/benches/selection.rs \
  && : > tests/src/lib.rs \
- && scripts/pgo-build deps \
+ && RONDO_PGO="$RONDO_PGO" scripts/pgo-build deps \
+ && cargo clean --release --target "$TARGET" -p backend -p balancer \
  && CARGO_TARGET_DIR=target/pgo-instrumented \
     cargo clean --release --target "$TARGET" -p backend -p balancer \
  && rm -rf backend/src balancer/src balancer/benches
@@ -50,10 +53,8 @@ RUN mkdir -p backend/src balancer/src/bin balancer/benches tests/src \
 # 2) The real sources (tests/ is only a workspace member here: its stub is enough), built with
 #    profile-guided optimisation: instrumented, trained on 127.0.0.1 inside this build, then
 #    optimised with the profile (scripts/pgo-build; about a fifth less CPU per request).
-#    --build-arg RONDO_PGO=off builds without it. Touching the sources makes sure cargo sees
-#    them as newer than anything in the cached layer. The final loop refuses to hand a
-#    dynamically linked binary to `scratch`.
-ARG RONDO_PGO=on
+#    Touching the sources makes sure cargo sees them as newer than anything in the cached
+#    layer. The final loop refuses to hand a dynamically linked binary to `scratch`.
 COPY backend backend
 COPY balancer balancer
 RUN find backend balancer -name '*.rs' -exec touch {} + \

@@ -180,7 +180,7 @@ fn worker(addr: SocketAddr, request: &[u8], keep_alive: bool, deadline: Instant)
 }
 
 /// Reads one response; says whether the connection can carry another request.
-fn read_response(r: &mut BufReader<TcpStream>, head_request: bool) -> io::Result<bool> {
+fn read_response(r: &mut impl BufRead, head_request: bool) -> io::Result<bool> {
     let mut line = String::new();
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -235,11 +235,66 @@ fn read_response(r: &mut BufReader<TcpStream>, head_request: bool) -> io::Result
     }
 }
 
-fn discard(r: &mut BufReader<TcpStream>, n: u64) -> io::Result<()> {
-    let copied = io::copy(&mut r.take(n), &mut io::sink())?;
+fn discard(r: &mut impl BufRead, n: u64) -> io::Result<()> {
+    let copied = io::copy(&mut r.by_ref().take(n), &mut io::sink())?;
     if copied == n {
         Ok(())
     } else {
         Err(io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads every response in `bytes` in turn: whether each left the connection reusable.
+    fn responses(bytes: &[u8], head_request: bool) -> io::Result<Vec<bool>> {
+        let mut r = io::Cursor::new(bytes);
+        let mut out = Vec::new();
+        while (r.position() as usize) < bytes.len() {
+            out.push(read_response(&mut r, head_request)?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn keep_alive_responses_are_read_to_their_end() {
+        let two = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nServer 1\
+HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(responses(two, false).unwrap(), vec![true, true]);
+    }
+
+    #[test]
+    fn close_and_end_of_stream_end_the_connection() {
+        let close =
+            b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\ncontent-length: 3\r\n\r\nbad";
+        assert_eq!(responses(close, false).unwrap(), vec![false]);
+        let unframed = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        assert_eq!(responses(unframed, false).unwrap(), vec![false]);
+    }
+
+    #[test]
+    fn a_head_response_has_no_body_whatever_its_length_says() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(responses(head, true).unwrap(), vec![true, true]);
+    }
+
+    #[test]
+    fn short_or_foreign_responses_are_errors() {
+        let short = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nServ";
+        assert_eq!(
+            responses(short, false).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let cut_head = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n";
+        assert!(responses(cut_head, false).is_err());
+        let bad_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert_eq!(
+            responses(bad_chunk, false).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let http10 = b"HTTP/1.0 200 OK\r\n\r\n";
+        assert!(responses(http10, false).is_err());
     }
 }
