@@ -1,6 +1,5 @@
 //! The `rondo` binary: parse the configuration, then run the balancer until it is stopped.
 
-use std::net::TcpListener;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     log::info!("configuration: {}", config.effective());
 
-    let listener = match TcpListener::bind(config.listen) {
+    let listener = match balancer::server::bind_listener(config.listen) {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!(

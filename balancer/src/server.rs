@@ -88,6 +88,23 @@ impl Running {
     }
 }
 
+/// How many connections the kernel may hold complete for a listener before it is asked for
+/// them (capped by `net.core.somaxconn`). The standard library listens with 128: a burst of
+/// new clients beyond that had its SYNs dropped, and each such client waited a whole SYN
+/// retransmission (1 s) to connect. nginx listens with 511, actix-web with 1,024.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listener on `addr` (with `SO_REUSEADDR`, as the standard library's) and a backlog of
+/// [`LISTEN_BACKLOG`]: the client listener (`RONDO_LISTEN`) and the admin listener.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Starts the balancer on `listener`, resolving upstreams through `resolver`; it serves in the
 /// background until stopped.
 ///
@@ -123,7 +140,7 @@ pub async fn start<R: Resolve>(
     let totals = Arc::new(Totals::default());
     let (admin, admin_addrs) = match config.admin_listen {
         Some(addr) => {
-            let listener = TcpListener::bind(addr).map_err(|e| {
+            let listener = bind_listener(addr).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -250,5 +267,39 @@ fn upstream_clients(config: &Config) -> Clients {
             .connector(connector())
             .wrap(websocket::KeepRefusedUpgrades)
             .finish(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Clients beyond the standard library's 128 complete their handshake while the listener has
+    /// not yet accepted any (a burst): none waits for a SYN to be sent again.
+    #[test]
+    fn a_burst_of_clients_connects_before_any_is_accepted() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(LISTEN_BACKLOG as usize);
+        let burst = 300.min(somaxconn);
+        assert!(
+            burst > 129,
+            "net.core.somaxconn is {somaxconn}: too small to test with"
+        );
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<TcpStream> = (0..burst)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("client {i} of {burst} did not connect: {e}"))
+            })
+            .collect();
+        assert_eq!(clients.len(), burst);
+        // And they are there to be accepted, in order.
+        let (first, _) = listener.accept().unwrap();
+        assert_eq!(first.peer_addr().unwrap(), clients[0].local_addr().unwrap());
     }
 }
