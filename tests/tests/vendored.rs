@@ -6,6 +6,8 @@
 //!   first was dropped (as between tests).
 //! - A decoded request head no longer shares the read buffer, and its header map keeps one
 //!   value per name inline: every value must still be there, in order.
+//! - A connection starts each request with a 1,000-byte read buffer, grown when a read fills
+//!   it: heads and bodies larger than that, whole or in pieces, must arrive whole.
 
 use std::time::Duration;
 
@@ -103,4 +105,110 @@ fn repeated_request_headers_keep_every_value_in_order() {
     assert_eq!(req.headers().get("accept").unwrap(), "*/*");
     assert_eq!(req.headers().get("cookie").unwrap(), "c=1");
     assert_eq!(req.headers().len(), 8, "{:?}", req.headers());
+}
+
+/// Reads one response with a `Content-Length` from `stream`, leaving what follows it unread in
+/// `pending`; returns the status and the body.
+async fn read_sized_response(
+    stream: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let status = head[9..12].parse().expect("a status code");
+            let length: usize =
+                rondo_tests::raw_header(&format!("{head}\r\n\r\n"), "content-length")
+                    .expect("a content-length")
+                    .parse()
+                    .unwrap();
+            while pending.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.expect("read the body");
+                assert!(n > 0, "the connection closed inside a body");
+                pending.extend_from_slice(&chunk[..n]);
+            }
+            let body = pending[end + 4..end + 4 + length].to_vec();
+            pending.drain(..end + 4 + length);
+            return (status, body);
+        }
+        let n = stream.read(&mut chunk).await.expect("read a head");
+        assert!(
+            n > 0,
+            "the connection closed before a response: {pending:?}"
+        );
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// On one keep-alive connection through rondo: a small request, a head of 6,000 bytes (in one
+/// write, then in pieces across the first buffer's end), a 100 KiB body, and two pipelined
+/// requests. Each reaches the backend whole.
+#[actix_web::test]
+async fn requests_larger_than_the_first_read_buffer_arrive_whole() {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+
+    let backend = rondo_tests::start_backend("Server 1", "server1");
+    let lb = rondo_tests::start_balancer(
+        &rondo_tests::config_for(&[backend.addr.to_string()]),
+        balancer::discovery::DnsResolver,
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(lb.addrs()[0]).await.unwrap();
+    let mut pending = Vec::new();
+    let echo =
+        |body: &[u8]| -> serde_json::Value { serde_json::from_slice(body).expect("echo JSON") };
+    let header = |v: &serde_json::Value, name: &str| -> Option<String> {
+        v["headers"].as_array().unwrap().iter().find_map(|h| {
+            (h[0].as_str().unwrap() == name).then(|| h[1].as_str().unwrap().to_owned())
+        })
+    };
+
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: rondo\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = read_sized_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200);
+    assert_eq!(echo(&body)["path"], "/echo");
+
+    let big = "b".repeat(6000);
+    let request = format!("GET /echo?big HTTP/1.1\r\nHost: rondo\r\nX-Big: {big}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (status, body) = read_sized_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&echo(&body), "x-big").as_deref(), Some(big.as_str()));
+
+    for piece in request.as_bytes().chunks(700) {
+        stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = read_sized_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&echo(&body), "x-big").map(|v| v.len()), Some(6000));
+
+    let upload: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: rondo\r\nContent-Length: {}\r\n\r\n",
+        upload.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&upload).await.unwrap();
+    let (status, body) = read_sized_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200);
+    let v = echo(&body);
+    assert_eq!(v["body_length"], upload.len());
+    assert_eq!(v["body_sha256"], hex::encode(Sha256::digest(&upload)));
+
+    stream
+        .write_all(b"GET /echo?one HTTP/1.1\r\nHost: rondo\r\n\r\nGET /echo?two HTTP/1.1\r\nHost: rondo\r\n\r\n")
+        .await
+        .unwrap();
+    for query in ["one", "two"] {
+        let (status, body) = read_sized_response(&mut stream, &mut pending).await;
+        assert_eq!(status, 200);
+        assert_eq!(echo(&body)["query"], query);
+    }
 }

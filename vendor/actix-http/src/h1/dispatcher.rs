@@ -38,6 +38,9 @@ use crate::{
 
 const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
+/// rondo: the read buffer a connection starts a request with: under glibc's 1,032-byte limit
+/// for its per-thread cache, malloc's chunk header included.
+const FIRST_READ_BUFFER_SIZE: usize = 1000;
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
 /// Write buffer capacity at which we reallocate it after flushing.
@@ -1298,7 +1301,16 @@ where
 
             // grow buffer if necessary.
             let remaining = this.read_buf.capacity() - this.read_buf.len();
-            if remaining < LW_BUFFER_SIZE {
+            if this.read_buf.capacity() == 0 {
+                // rondo: a connection without a read buffer (a new one, or one that was idle
+                // since its last request) starts with a small one, as nginx reads a head into
+                // 1 KiB first (`client_header_buffer_size`): most requests fit, and an
+                // allocation this small comes from glibc's per-thread cache instead of its
+                // bins. A read that fills it grows it to the usual size below.
+                this.read_buf.reserve(FIRST_READ_BUFFER_SIZE);
+            } else if remaining == 0
+                || (remaining < LW_BUFFER_SIZE && this.read_buf.capacity() > LW_BUFFER_SIZE)
+            {
                 this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
             }
 
