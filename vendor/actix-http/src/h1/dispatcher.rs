@@ -1306,11 +1306,16 @@ where
                 // since its last request) starts with a small one, as nginx reads a head into
                 // 1 KiB first (`client_header_buffer_size`): most requests fit, and an
                 // allocation this small comes from glibc's per-thread cache instead of its
-                // bins. A read that fills it grows it to the usual size below.
+                // bins. A read that fills it grows it to the usual size, 8 KiB exactly, so that
+                // larger heads grow as in actix-http, by doubling, and one over
+                // MAX_BUFFER_SIZE still stops the reads at that size and gets 431.
                 this.read_buf.reserve(FIRST_READ_BUFFER_SIZE);
-            } else if remaining == 0
-                || (remaining < LW_BUFFER_SIZE && this.read_buf.capacity() > LW_BUFFER_SIZE)
-            {
+            } else if this.read_buf.capacity() < HW_BUFFER_SIZE {
+                if remaining == 0 {
+                    this.read_buf
+                        .reserve(HW_BUFFER_SIZE - this.read_buf.len());
+                }
+            } else if remaining < LW_BUFFER_SIZE {
                 this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
             }
 
