@@ -60,12 +60,6 @@ impl Exceeded {
             Exceeded::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
-
-    /// Whether the client's connection must close after the answer: the rest of its body was
-    /// never read, so the next bytes on it are not a request.
-    pub fn closes_connection(&self) -> bool {
-        matches!(self, Exceeded::BodySize { .. } | Exceeded::BodyTimeout(_))
-    }
 }
 
 /// Checks the request head against the limits: the target's length, the head's size as

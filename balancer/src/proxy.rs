@@ -173,8 +173,10 @@ impl ProxyError {
     /// as nginx does after a 400.
     fn closes_connection(&self) -> bool {
         match self {
-            ProxyError::Limit(exceeded) => exceeded.closes_connection(),
-            ProxyError::ClientBody(_) | ProxyError::Rejected { .. } => true,
+            // As nginx closes after 408, 413, 414 and a head too large: the request's body
+            // was not read, or not to its end, so the next bytes on the connection are not a
+            // request.
+            ProxyError::Limit(_) | ProxyError::ClientBody(_) | ProxyError::Rejected { .. } => true,
             _ => false,
         }
     }

@@ -268,3 +268,53 @@ fn access_log_has_one_json_line_per_request() {
     assert!(entry["upstream_time"].as_f64().is_some());
     assert!(entry["total_time"].as_f64().is_some());
 }
+
+/// A request that cannot be parsed and a client that resets its connection mid-head are the
+/// client's doing: the 400 is logged once at info level with the client's address, and
+/// nothing is logged at error level (actix-http logged both as errors, so garbage from one
+/// client could fill the error log).
+#[test]
+fn client_garbage_and_resets_are_not_logged_as_errors() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    let endpoint_addr = fixed_endpoint();
+    let (child, listen, mut client) = spawn_rondo(
+        &[
+            ("RONDO_UPSTREAMS", &endpoint_addr),
+            ("RONDO_HEALTH_CHECKS", "off"),
+            ("RUST_LOG", "info"),
+        ],
+        std::process::Stdio::piped(),
+    );
+    client.write_all(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+
+    let mut reset = std::net::TcpStream::connect(&listen).unwrap();
+    reset
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Half: ")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    socket2::SockRef::from(&reset)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(reset);
+    std::thread::sleep(Duration::from_millis(200));
+
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "logged as errors: {errors:?}\n{stderr}");
+    let refusals: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" 400 ") || l.contains("malformed request"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{stderr}");
+    assert!(refusals[0].contains("127.0.0.1"), "{stderr}");
+}

@@ -19,7 +19,7 @@ use tokio::{
     time::sleep_until,
 };
 use tokio_util::codec::{Decoder as _, Encoder as _};
-use tracing::{error, trace};
+use tracing::{debug, error, info, trace};
 
 use super::{
     codec::Codec,
@@ -1542,7 +1542,18 @@ where
                     // keep-alive and stream errors
                     if state_is_none && inner_p.write_buf.is_empty() {
                         if let Some(err) = inner_p.error.take() {
-                            error!("stream error: {}", &err);
+                            // rondo: a request that could not be read was answered (400, 431,
+                            // 408) and logged at info level with the client's address already,
+                            // and a client that resets its connection is the client's doing (as
+                            // nginx logs both at info): error level is kept for the server's own
+                            // faults, so garbage from a client cannot fill the error log.
+                            match &err {
+                                DispatchError::Parse(_) | DispatchError::SlowRequestTimeout => {
+                                    debug!("stream error: {}", &err)
+                                }
+                                DispatchError::Io(_) => info!("client connection error: {}", &err),
+                                _ => error!("stream error: {}", &err),
+                            }
                             return Poll::Ready(Err(err));
                         }
 
