@@ -13,7 +13,7 @@ Equivalent settings for all three (the README of docs/benchmarks says the same):
 - no active health checks (nginx has none; HAProxy's servers have no `check`;
   `RONDO_HEALTH_CHECKS=off`), passive failure handling at each one's defaults;
 - timeouts: connect 1 s (rondo's default), response 60 s, idle client keep-alive at each
-  one's default (nginx 75 s, HAProxy 60 s here, rondo 5 s).
+  one's default (nginx 75 s, HAProxy 60 s here, rondo 75 s).
 """
 
 import os
