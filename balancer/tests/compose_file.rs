@@ -45,15 +45,14 @@ fn balancer_environment() -> Vec<(String, String)> {
 fn every_setting_passes_through_the_compose_file() {
     let env = balancer_environment();
     let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
-    let mut settings: Vec<String> = balancer::Config::command()
+    let settings: Vec<String> = balancer::Config::command()
         .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())
         .collect();
     assert!(settings.len() > 25, "{settings:?}");
     for setting in &settings {
-        let fixed = FIXED.iter().any(|(n, _)| n == setting);
-        if fixed {
+        if FIXED.iter().any(|(n, _)| n == setting) {
             continue;
         }
         let (_, value) = env
