@@ -19,6 +19,7 @@ Equivalent settings for all three (the README of docs/benchmarks says the same):
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 
 from . import procs
@@ -299,3 +300,10 @@ def binary_path(name):
 
 
 ALL = (Rondo, Nginx, Haproxy)
+
+
+def host_triple():
+    """The Rust host target triple (`rustc -vV`): scripts/pgo-build puts its binaries under
+    target/<triple>/release."""
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    return next(l.split(": ", 1)[1] for l in out.splitlines() if l.startswith("host: "))
