@@ -169,6 +169,17 @@ fn spawn_rondo(
     (child, listen, client)
 }
 
+/// Everything rondo sends on `client` until it closes the connection (10 s at most).
+fn read_to_close(client: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut response = String::new();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    client.read_to_string(&mut response).unwrap();
+    response
+}
+
 fn sigterm(child: &std::process::Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -181,7 +192,7 @@ fn sigterm(child: &std::process::Child) {
 /// refused, and the process exits 0 within the shutdown timeout.
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpStream;
     use std::time::Duration;
 
@@ -204,11 +215,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         "new connections are still accepted"
     );
 
-    let mut response = String::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client.read_to_string(&mut response).unwrap();
+    let response = read_to_close(&mut client);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("done"), "{response}");
     assert_eq!(child.wait().unwrap().code(), Some(0));
@@ -218,7 +225,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
 /// log shows the effective configuration with the admin token masked.
 #[test]
 fn access_log_has_one_json_line_per_request() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::Duration;
 
     let endpoint_addr = fixed_endpoint();
@@ -235,11 +242,7 @@ fn access_log_has_one_json_line_per_request() {
     client
         .write_all(b"GET /cart?id=7 HTTP/1.1\r\nHost: t\r\nX-Request-Id: req-42\r\nConnection: close\r\n\r\n")
         .unwrap();
-    let mut response = String::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client.read_to_string(&mut response).unwrap();
+    let response = read_to_close(&mut client);
     assert!(response.ends_with("done"), "{response}");
     std::thread::sleep(Duration::from_millis(100));
     sigterm(&child);
@@ -275,7 +278,7 @@ fn access_log_has_one_json_line_per_request() {
 /// client could fill the error log).
 #[test]
 fn client_garbage_and_resets_are_not_logged_as_errors() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::Duration;
 
     let endpoint_addr = fixed_endpoint();
@@ -288,11 +291,7 @@ fn client_garbage_and_resets_are_not_logged_as_errors() {
         std::process::Stdio::piped(),
     );
     client.write_all(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n").unwrap();
-    let mut response = String::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client.read_to_string(&mut response).unwrap();
+    let response = read_to_close(&mut client);
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
 
     let mut reset = std::net::TcpStream::connect(&listen).unwrap();
