@@ -303,7 +303,16 @@ async fn try_forward(
     }
     limits::check_head(req, &forwarding.limits)?;
     if websocket::is_upgrade(req) {
-        return websocket::forward(req, payload, forwarding, &clients.upgrades, id, exchange).await;
+        // Boxed: inline, its state would make every plain request's future 650 bytes larger.
+        return Box::pin(websocket::forward(
+            req,
+            payload,
+            forwarding,
+            &clients.upgrades,
+            id,
+            exchange,
+        ))
+        .await;
     }
     let (mut body, fault) = read_body(payload, req.headers(), forwarding).await?;
     let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
@@ -524,15 +533,18 @@ async fn read_body(
     Ok((RequestBody::Held(held.freeze()), Some(fault)))
 }
 
-/// Sends one try of `req` to `endpoint`.
-async fn send(
+/// Sends one try of `req` to `endpoint`. Not an `async fn`: the request is built before the
+/// first await, and only awc's small sending future is kept in the caller's state (an `async
+/// fn` kept room for the 288-byte request too, which took the boxed handler future past the
+/// size glibc's per-thread cache serves).
+fn send(
     client: &awc::Client,
     req: &HttpRequest,
     forwarding: &Forwarding,
     id: &HeaderValue,
     endpoint: &Endpoint,
     body: &mut RequestBody,
-) -> Result<awc::ClientResponse, SendRequestError> {
+) -> awc::SendClientRequest {
     let mut upstream_req = client
         .request(
             req.method().clone(),
@@ -548,15 +560,15 @@ async fn send(
     headers.remove(header::EXPECT);
     upstream_headers(req, forwarding, id, headers);
     match body {
-        RequestBody::None => upstream_req.send().await,
-        RequestBody::Held(bytes) => upstream_req.send_body(bytes.clone()).await,
+        RequestBody::None => upstream_req.send(),
+        RequestBody::Held(bytes) => upstream_req.send_body(bytes.clone()),
         RequestBody::Stream(stream, length) => {
             let stream = stream
                 .take()
                 .expect("a streamed body is sent once: never retried");
             match *length {
-                Some(len) => upstream_req.send_body(SizedStream::new(len, stream)).await,
-                None => upstream_req.send_body(BodyStream::new(stream)).await,
+                Some(len) => upstream_req.send_body(SizedStream::new(len, stream)),
+                None => upstream_req.send_body(BodyStream::new(stream)),
             }
         }
     }

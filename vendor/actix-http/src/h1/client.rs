@@ -181,7 +181,10 @@ impl Decoder for ClientCodec {
             } else {
                 self.inner.payload = None;
             }
-            reserve_readbuf(src);
+            // rondo: no `reserve_readbuf` after the head: actix-codec's `Framed` makes room
+            // before a read anyway, and a body chunk reserves for the reads after it (below).
+            // With awc's 1 KiB first buffer (vendor/awc) this grew every read buffer to 32 KiB
+            // after the head, an allocation and a copy for a response that was mostly complete.
             Ok(Some(req))
         } else {
             Ok(None)
@@ -201,7 +204,10 @@ impl Decoder for ClientPayloadCodec {
 
         Ok(match self.inner.payload.as_mut().unwrap().decode(src)? {
             Some(PayloadItem::Chunk(chunk)) => {
-                reserve_readbuf(src);
+                // rondo: room for the next read only when there is more to read.
+                if !self.inner.payload.as_ref().is_some_and(|pl| pl.is_complete()) {
+                    reserve_readbuf(src);
+                }
                 Some(Some(chunk))
             }
             Some(PayloadItem::Eof) => {

@@ -2,6 +2,7 @@ use std::{io, marker::PhantomData, mem::MaybeUninit, task::Poll};
 
 use actix_codec::Decoder;
 use bytes::{Buf as _, Bytes, BytesMut};
+use smallvec::SmallVec;
 use http::{
     header::{self, HeaderName, HeaderValue},
     Method, StatusCode, Uri, Version,
@@ -263,9 +264,11 @@ impl MessageType for Request {
         if src.is_empty() {
             return Ok(None);
         }
-        let mut headers: [HeaderIndex; MAX_HEADERS] = EMPTY_HEADER_INDEX_ARRAY;
+        // rondo: the index of the head's headers, kept in a SmallVec (16 inline, uninitialised
+        // until recorded) instead of a 96-entry array zeroed for every head (3 KiB).
+        let mut headers = HeaderIndices::new();
 
-        let (len, method, uri, ver, h_len) = {
+        let (len, method, uri, ver) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -289,7 +292,7 @@ impl MessageType for Request {
                     };
                     HeaderIndex::record(src, req.headers, &mut headers);
 
-                    (len, method, uri, version, req.headers.len())
+                    (len, method, uri, version)
                 }
 
                 httparse::Status::Partial => {
@@ -315,7 +318,7 @@ impl MessageType for Request {
         src.advance(len);
 
         // convert headers
-        let mut length = msg.set_headers(&head, &headers[..h_len], ver)?;
+        let mut length = msg.set_headers(&head, &headers, ver)?;
 
         // disallow HTTP/1.1 requests that do not contain a Host header
         // see https://datatracker.ietf.org/doc/html/rfc9112#section-3.2
@@ -399,9 +402,11 @@ impl MessageType for ResponseHead {
         if src.is_empty() {
             return Ok(None);
         }
-        let mut headers: [HeaderIndex; MAX_HEADERS] = EMPTY_HEADER_INDEX_ARRAY;
+        // rondo: the index of the head's headers, kept in a SmallVec (16 inline, uninitialised
+        // until recorded) instead of a 96-entry array zeroed for every head (3 KiB).
+        let mut headers = HeaderIndices::new();
 
-        let (len, ver, status, h_len) = {
+        let (len, ver, status) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -428,7 +433,7 @@ impl MessageType for ResponseHead {
                         StatusCode::from_u16(res.code.unwrap()).map_err(|_| ParseError::Status)?;
                     HeaderIndex::record(src, res.headers, &mut headers);
 
-                    (len, version, status, res.headers.len())
+                    (len, version, status)
                 }
 
                 httparse::Status::Partial => {
@@ -442,11 +447,11 @@ impl MessageType for ResponseHead {
             }
         };
 
-        let mut msg = ResponseHead::new(status);
+        let mut msg = ResponseHead::with_header_capacity(status, headers.len());
         msg.version = ver;
 
         // convert headers
-        let mut length = msg.set_headers(&src.split_to(len).freeze(), &headers[..h_len], ver)?;
+        let mut length = msg.set_headers(&src.split_to(len).freeze(), &headers, ver)?;
 
         // Remove CL value if 0 now that all headers and HTTP/1.0 special cases are processed.
         // Protects against some request smuggling attacks.
@@ -481,28 +486,27 @@ pub(crate) struct HeaderIndex {
     pub(crate) value: (usize, usize),
 }
 
-pub(crate) const EMPTY_HEADER_INDEX: HeaderIndex = HeaderIndex {
-    name: (0, 0),
-    value: (0, 0),
-};
-
-pub(crate) const EMPTY_HEADER_INDEX_ARRAY: [HeaderIndex; MAX_HEADERS] =
-    [EMPTY_HEADER_INDEX; MAX_HEADERS];
+/// rondo: where each header of a parsed head lies in its bytes; heads with up to 16 headers
+/// (nearly all) are indexed without an allocation.
+pub(crate) type HeaderIndices = SmallVec<[HeaderIndex; 16]>;
 
 impl HeaderIndex {
     pub(crate) fn record(
         bytes: &[u8],
         headers: &[httparse::Header<'_>],
-        indices: &mut [HeaderIndex],
+        indices: &mut HeaderIndices,
     ) {
         let bytes_ptr = bytes.as_ptr() as usize;
-        for (header, indices) in headers.iter().zip(indices.iter_mut()) {
+        indices.reserve(headers.len());
+        for header in headers {
             let name_start = header.name.as_ptr() as usize - bytes_ptr;
             let name_end = name_start + header.name.len();
-            indices.name = (name_start, name_end);
             let value_start = header.value.as_ptr() as usize - bytes_ptr;
             let value_end = value_start + header.value.len();
-            indices.value = (value_start, value_end);
+            indices.push(HeaderIndex {
+                name: (name_start, name_end),
+                value: (value_start, value_end),
+            });
         }
     }
 }
@@ -540,6 +544,12 @@ impl PayloadDecoder {
     /// Creates an decoder that yields chunks until the stream returns EOF.
     pub fn eof() -> PayloadDecoder {
         PayloadDecoder { kind: Kind::Eof }
+    }
+
+    /// rondo: whether a body of known length has been read to its end (its next decode is the
+    /// end, without another read).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.kind == Kind::Length(0)
     }
 }
 
