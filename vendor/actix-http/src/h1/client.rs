@@ -204,7 +204,8 @@ impl Decoder for ClientPayloadCodec {
 
         Ok(match self.inner.payload.as_mut().unwrap().decode(src)? {
             Some(PayloadItem::Chunk(chunk)) => {
-                // rondo: room for the next read only when there is more to read.
+                // rondo: no room reserved for a next read when a body of known length is
+                // complete (chunked and read-to-close bodies reserve as before).
                 if !self.inner.payload.as_ref().is_some_and(|pl| pl.is_complete()) {
                     reserve_readbuf(src);
                 }

@@ -2,11 +2,11 @@ use std::{io, marker::PhantomData, mem::MaybeUninit, task::Poll};
 
 use actix_codec::Decoder;
 use bytes::{Buf as _, Bytes, BytesMut};
-use smallvec::SmallVec;
 use http::{
     header::{self, HeaderName, HeaderValue},
     Method, StatusCode, Uri, Version,
 };
+use smallvec::SmallVec;
 use tracing::{debug, error, trace};
 
 use super::chunked::ChunkedState;
@@ -260,7 +260,7 @@ impl MessageType for Request {
 
     fn decode(src: &mut BytesMut) -> Result<Option<(Self, PayloadType)>, ParseError> {
         // rondo: nothing to parse yet (the dispatcher asks again after every read and every
-        // response, mostly with an empty buffer): skip zeroing the 3 KiB header index.
+        // response, mostly with an empty buffer): answer at once, as parsing would.
         if src.is_empty() {
             return Ok(None);
         }
@@ -398,7 +398,7 @@ impl MessageType for ResponseHead {
 
     fn decode(src: &mut BytesMut) -> Result<Option<(Self, PayloadType)>, ParseError> {
         // rondo: nothing to parse yet (the dispatcher asks again after every read and every
-        // response, mostly with an empty buffer): skip zeroing the 3 KiB header index.
+        // response, mostly with an empty buffer): answer at once, as parsing would.
         if src.is_empty() {
             return Ok(None);
         }

@@ -6,9 +6,6 @@ use std::{
 
 use actix_codec::{Framed, FramedParts};
 
-/// rondo: the first capacity of a request's read and write buffers (see `send_request`); at
-/// least actix-codec's low-water mark of 1,024 bytes, or its first read would reserve 8 KiB.
-const SMALL_BUFFER: usize = 1024;
 use actix_http::{
     body::{BodySize, MessageBody},
     error::PayloadError,
@@ -27,6 +24,10 @@ use super::{
     error::{ConnectError, SendRequestError},
 };
 use crate::BoxError;
+
+/// rondo: the first capacity of a request's read and write buffers (see `send_request`); at
+/// least actix-codec's low-water mark of 1,024 bytes, or its first read would reserve 8 KiB.
+const SMALL_BUFFER: usize = 1024;
 
 pub(crate) async fn send_request<Io, B>(
     io: H1Connection<Io>,
@@ -98,8 +99,10 @@ where
     //
     // rondo: with 1 KiB buffers instead of `Framed::new`'s 8 KiB each. Two 8 KiB allocations
     // per request are past glibc's per-thread cache (1,032 bytes) and took its slow paths; a
-    // request head and a small response fit in 1 KiB, and a read that leaves less than 1 KiB
-    // free grows the read buffer to 8 KiB as before (larger responses take one more read).
+    // request head and a small response fit in 1 KiB. Before a read that would have less than
+    // 1 KiB free, `Framed` reserves room for 8 KiB (a full 1 KiB buffer becomes 9 KiB), and
+    // after a body chunk actix-http's decoder for 32 KiB, so a larger response takes one more
+    // read than it did with 8 KiB to start with.
     let mut parts = FramedParts::new(io, h1::ClientCodec::default());
     parts.read_buf = BytesMut::with_capacity(SMALL_BUFFER);
     parts.write_buf = BytesMut::with_capacity(SMALL_BUFFER);
