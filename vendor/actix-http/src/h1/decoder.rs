@@ -264,11 +264,7 @@ impl MessageType for Request {
         if src.is_empty() {
             return Ok(None);
         }
-        // rondo: the index of the head's headers, kept in a SmallVec (16 inline, uninitialised
-        // until recorded) instead of a 96-entry array zeroed for every head (3 KiB).
-        let mut headers = HeaderIndices::new();
-
-        let (len, method, uri, ver) = {
+        let (len, method, uri, ver, headers) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -290,9 +286,11 @@ impl MessageType for Request {
                     } else {
                         Version::HTTP_10
                     };
-                    HeaderIndex::record(src, req.headers, &mut headers);
+                    // rondo: indexed in a SmallVec (16 inline, uninitialised until recorded)
+                    // instead of a 96-entry array zeroed for every head (3 KiB).
+                    let headers = HeaderIndex::record(src, req.headers);
 
-                    (len, method, uri, version)
+                    (len, method, uri, version, headers)
                 }
 
                 httparse::Status::Partial => {
@@ -402,11 +400,7 @@ impl MessageType for ResponseHead {
         if src.is_empty() {
             return Ok(None);
         }
-        // rondo: the index of the head's headers, kept in a SmallVec (16 inline, uninitialised
-        // until recorded) instead of a 96-entry array zeroed for every head (3 KiB).
-        let mut headers = HeaderIndices::new();
-
-        let (len, ver, status) = {
+        let (len, ver, status, headers) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -431,9 +425,9 @@ impl MessageType for ResponseHead {
 
                     let status =
                         StatusCode::from_u16(res.code.unwrap()).map_err(|_| ParseError::Status)?;
-                    HeaderIndex::record(src, res.headers, &mut headers);
+                    let headers = HeaderIndex::record(src, res.headers);
 
-                    (len, version, status)
+                    (len, version, status, headers)
                 }
 
                 httparse::Status::Partial => {
@@ -491,23 +485,19 @@ pub(crate) struct HeaderIndex {
 pub(crate) type HeaderIndices = SmallVec<[HeaderIndex; 16]>;
 
 impl HeaderIndex {
-    pub(crate) fn record(
-        bytes: &[u8],
-        headers: &[httparse::Header<'_>],
-        indices: &mut HeaderIndices,
-    ) {
+    pub(crate) fn record(bytes: &[u8], headers: &[httparse::Header<'_>]) -> HeaderIndices {
         let bytes_ptr = bytes.as_ptr() as usize;
-        indices.reserve(headers.len());
-        for header in headers {
-            let name_start = header.name.as_ptr() as usize - bytes_ptr;
-            let name_end = name_start + header.name.len();
-            let value_start = header.value.as_ptr() as usize - bytes_ptr;
-            let value_end = value_start + header.value.len();
-            indices.push(HeaderIndex {
-                name: (name_start, name_end),
-                value: (value_start, value_end),
-            });
-        }
+        headers
+            .iter()
+            .map(|header| {
+                let name_start = header.name.as_ptr() as usize - bytes_ptr;
+                let value_start = header.value.as_ptr() as usize - bytes_ptr;
+                HeaderIndex {
+                    name: (name_start, name_start + header.name.len()),
+                    value: (value_start, value_start + header.value.len()),
+                }
+            })
+            .collect()
     }
 }
 

@@ -129,8 +129,8 @@ where
     config: ConnectorConfig,
     // rondo: foldhash instead of the standard library's SipHash. The pool is looked up twice per
     // request (acquire, release), and `Authority` hashes byte by byte: SipHash took about 1.9k
-    // instructions per request (4% of rondo's), foldhash a tenth of that. The keys are the
-    // endpoints rondo itself chose, not input an attacker controls.
+    // instructions per request (4% of rondo's); with foldhash, acquiring and releasing went from
+    // 3.4k to 2.2k (callgrind). The keys are the endpoints rondo itself chose.
     available: RefCell<HashMap<Key, VecDeque<PooledConnection<Io>>, foldhash::fast::RandomState>>,
     permits: Arc<Semaphore>,
 }
