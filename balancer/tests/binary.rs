@@ -317,3 +317,80 @@ fn client_garbage_and_resets_are_not_logged_as_errors() {
     assert_eq!(refusals.len(), 1, "{stderr}");
     assert!(refusals[0].contains("127.0.0.1"), "{stderr}");
 }
+
+/// Out of file descriptors (`EMFILE`), the workers, which accept connections themselves
+/// (vendor/README.md), log the error and try again every 500 ms instead of spinning on it,
+/// and serve the waiting connection once descriptors are free again. Bounded: 60 connections,
+/// about 5 s.
+#[test]
+fn out_of_descriptors_the_workers_back_off_and_recover() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    const HELD: usize = 60;
+    let endpoint_addr = fixed_endpoint();
+    let listen = format!(
+        "127.0.0.1:{}",
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    // rondo itself needs about 30 descriptors; 48 leaves room for a few connections only.
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -n 48 && exec \"$0\""])
+        .arg(env!("CARGO_BIN_EXE_rondo"))
+        .env("RONDO_LISTEN", &listen)
+        .env("RONDO_UPSTREAMS", &endpoint_addr)
+        .env("RONDO_WORKERS", "2")
+        .env("RONDO_HEALTH_CHECKS", "off")
+        .env("RONDO_ADMIN_LISTEN", "off")
+        .env("RONDO_ACCESS_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(&listen).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "rondo did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Idle connections until rondo has no descriptor left to accept them with; the kernel
+    // completes them all, the ones past the limit wait in the backlog.
+    let held: Vec<TcpStream> = (0..HELD)
+        .map(|_| TcpStream::connect(&listen).unwrap())
+        .collect();
+    let mut waiting = TcpStream::connect(&listen).unwrap();
+    waiting
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(held);
+    let response = read_to_close(&mut waiting);
+
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors = stderr
+        .lines()
+        .filter(|l| l.contains("Error accepting connection") && l.contains("os error 24"))
+        .count();
+    println!(
+        "{HELD} idle connections and 1 request sent; {errors} accept errors logged; \
+         the request got {:?}",
+        response.lines().next()
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}\n{stderr}");
+    assert!(response.ends_with("done"), "{response}");
+    // About 2 s at the limit: a few errors per worker (one per 500 ms), not thousands.
+    assert!(
+        (1..=20).contains(&errors),
+        "{errors} accept errors logged:\n{stderr}"
+    );
+}

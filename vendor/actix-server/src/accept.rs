@@ -6,7 +6,7 @@ use tracing::{debug, error, info};
 
 use crate::{
     availability::Availability,
-    socket::MioListener,
+    socket::{MioListener, MioTcpListener},
     waker_queue::{WakerInterest, WakerQueue, WAKER_TOKEN},
     worker::{Conn, ServerWorker, WorkerHandleAccept, WorkerHandleServer},
     ServerBuilder, ServerHandle,
@@ -62,8 +62,12 @@ pub(crate) struct Accept {
 }
 
 impl Accept {
+    /// Starts the workers and the accept thread. rondo: `worker_listeners` holds, per worker,
+    /// the listeners it accepts on itself (`socket::share_out`); `sockets` those left to the
+    /// accept thread, which may be none.
     pub(crate) fn start(
         sockets: Vec<(usize, MioListener)>,
+        worker_listeners: Vec<Vec<(usize, MioTcpListener)>>,
         builder: &ServerBuilder,
     ) -> io::Result<(WakerQueue, Vec<WorkerHandleServer>, thread::JoinHandle<()>)> {
         let handle_server = ServerHandle::new(builder.cmd_tx.clone());
@@ -75,6 +79,7 @@ impl Accept {
         // start every worker before waiting for any, so their services are created in parallel
         let (startup_tx, startup_rx) = mpsc::channel();
 
+        let mut worker_listeners = worker_listeners.into_iter();
         let (handles_accept, handles_server): (Vec<_>, Vec<_>) = (0..builder.threads)
             .map(|idx| {
                 // clone service factories
@@ -88,6 +93,7 @@ impl Accept {
                 ServerWorker::spawn(
                     idx,
                     factories,
+                    worker_listeners.next().unwrap_or_default(),
                     waker_queue.clone(),
                     builder.worker_config,
                     startup_tx.clone(),
@@ -490,8 +496,12 @@ impl Accept {
     /// busy listener cannot always take newly available capacity before the other listeners.
     /// Rotation applies to whole scans, not to individual connections within a scan.
     ///
-    /// The listener slice must be nonempty, as required when the server starts.
     fn accept_all(&mut self, sockets: &mut [ServerSocketInfo]) {
+        // rondo: when the workers accept on every listener themselves, this thread has none.
+        if sockets.is_empty() {
+            return;
+        }
+
         if sockets.len() == 1 {
             self.accept(sockets, sockets[0].token);
             return;

@@ -19,6 +19,7 @@ use crate::{
     join_all::join_all,
     service::InternalServiceFactory,
     signals::{OsSignals, SignalKind, StopSignal},
+    socket::{self, MioTcpListener},
     waker_queue::{WakerInterest, WakerQueue},
     worker::{ServerWorker, ServerWorkerConfig, WorkerHandleServer},
     ServerHandle,
@@ -175,6 +176,9 @@ pub struct ServerInner {
     worker_config: ServerWorkerConfig,
     services: Vec<Box<dyn InternalServiceFactory>>,
     waker_queue: WakerQueue,
+    /// rondo: a descriptor of each listener the workers accept on themselves, to give a
+    /// restarted worker its own; closed when the server stops.
+    spare_listeners: Vec<(usize, MioTcpListener)>,
     system_stop: bool,
     stopping: bool,
     graceful_shutdown_tx: watch::Sender<()>,
@@ -220,7 +224,12 @@ impl ServerInner {
             .map(|t| (t.0, t.2))
             .collect();
 
-        let (waker_queue, worker_handles, accept_handle) = Accept::start(sockets, &builder)?;
+        // rondo: the workers accept on the TCP listeners themselves.
+        let (sockets, spare_listeners, worker_listeners) =
+            socket::share_out(sockets, builder.threads)?;
+
+        let (waker_queue, worker_handles, accept_handle) =
+            Accept::start(sockets, worker_listeners, &builder)?;
 
         let mux = ServerEventMultiplexer {
             signal_fut: builder.shutdown_signal.map(StopSignal::Cancel).or_else(|| {
@@ -238,6 +247,7 @@ impl ServerInner {
             worker_handles,
             worker_config: builder.worker_config,
             services: builder.factories,
+            spare_listeners,
             system_stop: builder.exit,
             stopping: false,
             graceful_shutdown_tx: builder.graceful_shutdown_tx,
@@ -272,6 +282,10 @@ impl ServerInner {
                 // Signal accept thread to stop.
                 // Signal is non-blocking; we wait for thread to stop later.
                 self.waker_queue.wake(WakerInterest::Stop);
+
+                // rondo: the workers close their listeners as they stop; the listening sockets
+                // close, and new connections are refused, once this spare is closed too.
+                self.spare_listeners.clear();
 
                 // send stop signal to workers
                 let workers_stop = self
@@ -314,9 +328,22 @@ impl ServerInner {
                     .map(|service| service.clone_factory())
                     .collect();
 
+                // rondo: descriptors of the listeners the workers accept on themselves; the old
+                // worker's closed with it.
+                let listeners = self
+                    .spare_listeners
+                    .iter()
+                    .map(|(token, lst)| socket::duplicate(lst).map(|lst| (*token, lst)))
+                    .collect::<io::Result<Vec<_>>>()
+                    .unwrap_or_else(|err| {
+                        error!("Can not listen for restarted worker {idx}: {err}");
+                        Vec::new()
+                    });
+
                 match ServerWorker::start(
                     idx,
                     factories,
+                    listeners,
                     self.waker_queue.clone(),
                     self.worker_config,
                 ) {

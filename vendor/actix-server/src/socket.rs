@@ -249,6 +249,52 @@ pub(crate) fn create_mio_tcp_listener(
     Ok(MioTcpListener::from_std(StdTcpListener::from(socket)))
 }
 
+/// rondo: splits the server's listeners into those the accept thread serves (Unix sockets)
+/// and the TCP listeners that the workers accept on themselves. Every worker gets a descriptor
+/// of its own (`dup`) for the same listening socket and registers it with its own event loop,
+/// so a connection goes from the kernel to the worker that serves it, without the accept
+/// thread's wake-up, `accept4` and hand-over through a channel. The kernel wakes every worker
+/// waiting on the socket, and whichever comes first accepts (nginx's workers share their
+/// listening sockets the same way); a busy worker leaves the connection to an idle one.
+///
+/// Returns the accept thread's listeners, one more descriptor of each shared listener (for a
+/// restarted worker; close them to stop accepting) and, for each of `workers` workers, its
+/// listeners.
+#[allow(clippy::type_complexity)]
+pub(crate) fn share_out(
+    sockets: Vec<(usize, MioListener)>,
+    workers: usize,
+) -> io::Result<(
+    Vec<(usize, MioListener)>,
+    Vec<(usize, MioTcpListener)>,
+    Vec<Vec<(usize, MioTcpListener)>>,
+)> {
+    let mut accept = Vec::new();
+    let mut spare = Vec::new();
+    let mut per_worker: Vec<Vec<(usize, MioTcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+
+    for (token, lst) in sockets {
+        match lst {
+            MioListener::Tcp(lst) if workers > 0 => {
+                for listeners in &mut per_worker {
+                    listeners.push((token, duplicate(&lst)?));
+                }
+                spare.push((token, lst));
+            }
+            lst => accept.push((token, lst)),
+        }
+    }
+
+    Ok((accept, spare, per_worker))
+}
+
+/// rondo: another descriptor for the listening socket `lst` (`dup`, close-on-exec).
+pub(crate) fn duplicate(lst: &MioTcpListener) -> io::Result<MioTcpListener> {
+    let socket = socket2::SockRef::from(lst).try_clone()?;
+    Ok(MioTcpListener::from_std(StdTcpListener::from(socket)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
 use std::{
+    cell::Cell,
     future::Future,
     io, mem,
     num::NonZeroUsize,
@@ -8,7 +9,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         mpsc, Arc,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -19,6 +20,7 @@ use actix_rt::{
 };
 use futures_core::{future::LocalBoxFuture, ready};
 use tokio::{
+    io::{unix::AsyncFd, Interest},
     runtime::{Builder, LocalOptions},
     sync::{
         mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
@@ -29,13 +31,15 @@ use tracing::{error, info, trace};
 
 use crate::{
     service::{BoxedServerService, InternalServiceFactory},
-    socket::MioStream,
+    socket::{MioStream, MioTcpListener},
     waker_queue::{WakerInterest, WakerQueue},
 };
 
 // Based on the default maximum blocking thread count of a Tokio runtime.
 const DEFAULT_BLOCKING_THREAD_BUDGET: usize = 512;
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+// rondo: as the accept thread's `ACCEPT_ERROR_BACKOFF`, for the workers' own listeners.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Stop worker message. Returns `true` on successful graceful shutdown
 /// and `false` if some connections still alive when shutdown execute.
@@ -138,11 +142,24 @@ impl Counter {
     pub(crate) fn total(&self) -> usize {
         self.counter.load(Ordering::SeqCst) - 1
     }
+
+    /// rondo: true while fewer connections than the limit are being handled.
+    fn has_capacity(&self) -> bool {
+        self.total() < self.limit
+    }
 }
 
 pub(crate) struct WorkerCounter {
     idx: usize,
-    inner: Rc<(WakerQueue, Counter)>,
+    inner: Rc<WorkerCounterInner>,
+}
+
+struct WorkerCounterInner {
+    waker_queue: WakerQueue,
+    counter: Counter,
+    /// rondo: the worker, while it waits for a connection to close before it accepts again
+    /// from its own listeners.
+    waiting: Cell<Option<Waker>>,
 }
 
 impl Clone for WorkerCounter {
@@ -158,7 +175,11 @@ impl WorkerCounter {
     pub(crate) fn new(idx: usize, waker_queue: WakerQueue, counter: Counter) -> Self {
         Self {
             idx,
-            inner: Rc::new((waker_queue, counter)),
+            inner: Rc::new(WorkerCounterInner {
+                waker_queue,
+                counter,
+                waiting: Cell::new(None),
+            }),
         }
     }
 
@@ -167,8 +188,24 @@ impl WorkerCounter {
         WorkerCounterGuard(self.clone())
     }
 
+    /// rondo: counts a connection this worker accepted itself; the guard uncounts it.
+    fn accepted(&self) -> WorkerCounterGuard {
+        self.inner.counter.inc();
+        self.guard()
+    }
+
+    /// rondo: true when the worker may accept another connection; when not, `waker` is woken
+    /// once a connection closes.
+    fn poll_capacity(&self, waker: &Waker) -> bool {
+        if self.inner.counter.has_capacity() {
+            return true;
+        }
+        self.inner.waiting.set(Some(waker.clone()));
+        false
+    }
+
     fn total(&self) -> usize {
-        self.inner.1.total()
+        self.inner.counter.total()
     }
 }
 
@@ -176,9 +213,14 @@ pub(crate) struct WorkerCounterGuard(WorkerCounter);
 
 impl Drop for WorkerCounterGuard {
     fn drop(&mut self) {
-        let (waker_queue, counter) = &*self.0.inner;
-        if counter.dec() {
-            waker_queue.wake(WakerInterest::WorkerAvailable(self.0.idx));
+        let inner = &*self.0.inner;
+        if inner.counter.dec() {
+            inner
+                .waker_queue
+                .wake(WakerInterest::WorkerAvailable(self.0.idx));
+            if let Some(waker) = inner.waiting.take() {
+                waker.wake();
+            }
         }
     }
 }
@@ -245,6 +287,33 @@ pub(crate) struct ServerWorker {
     factories: Box<[Box<dyn InternalServiceFactory>]>,
     state: WorkerState,
     shutdown_timeout: Duration,
+    /// rondo: the listeners this worker accepts on itself (`socket::share_out`); closed when it
+    /// starts to shut down.
+    listeners: Vec<WorkerListener>,
+    /// rondo: which of `listeners` to try first, so that each gets its turn.
+    next_listener: usize,
+    /// rondo: after an `accept` error other than a failed connection (e.g. `EMFILE`), the
+    /// listeners rest until this fires, as the accept thread's do.
+    accept_backoff: Option<Pin<Box<Sleep>>>,
+}
+
+/// rondo: a listening socket of this worker's own, registered with its runtime.
+struct WorkerListener {
+    token: usize,
+    lst: AsyncFd<MioTcpListener>,
+}
+
+/// rondo: registers a worker's own listeners with its runtime; called on the worker's thread.
+fn register_listeners(listeners: Vec<(usize, MioTcpListener)>) -> io::Result<Vec<WorkerListener>> {
+    listeners
+        .into_iter()
+        .map(|(token, lst)| {
+            // SAFETY: the mio listener owns its file descriptor, which stays open and the same
+            // until the `AsyncFd` that now owns the listener is dropped.
+            let lst = unsafe { AsyncFd::register_with_interest(lst, Interest::READABLE) }?;
+            Ok(WorkerListener { token, lst })
+        })
+        .collect()
 }
 
 struct WorkerService {
@@ -312,11 +381,12 @@ impl ServerWorker {
     pub(crate) fn start(
         idx: usize,
         factories: Vec<Box<dyn InternalServiceFactory>>,
+        listeners: Vec<(usize, MioTcpListener)>,
         waker_queue: WakerQueue,
         config: ServerWorkerConfig,
     ) -> io::Result<(WorkerHandleAccept, WorkerHandleServer)> {
         let (startup_tx, startup_rx) = mpsc::channel();
-        let handles = Self::spawn(idx, factories, waker_queue, config, startup_tx);
+        let handles = Self::spawn(idx, factories, listeners, waker_queue, config, startup_tx);
 
         match startup_rx.recv() {
             Ok((_, res)) => res.map(|()| handles),
@@ -336,6 +406,7 @@ impl ServerWorker {
     pub(crate) fn spawn(
         idx: usize,
         factories: Vec<Box<dyn InternalServiceFactory>>,
+        listeners: Vec<(usize, MioTcpListener)>,
         waker_queue: WakerQueue,
         config: ServerWorkerConfig,
         startup_tx: mpsc::Sender<(usize, io::Result<()>)>,
@@ -376,12 +447,16 @@ impl ServerWorker {
                             .unwrap();
 
                         // create services using the worker's local runtime
-                        let services = match rt.block_on(create_services(&factories, &mut stop_rx))
-                        {
+                        let started = rt.block_on(create_services(
+                            &factories,
+                            &mut stop_rx,
+                            listeners,
+                        ));
+                        let (services, listeners) = match started {
                             // a stop request cancelled startup
                             None => return,
 
-                            Some(Ok(services)) => services,
+                            Some(Ok(started)) => started,
 
                             Some(Err(err)) => {
                                 let _ = startup_tx.send((idx, Err(err)));
@@ -412,6 +487,9 @@ impl ServerWorker {
                                     factories: factories.into_boxed_slice(),
                                     state: WorkerState::default(),
                                     shutdown_timeout: config.shutdown_timeout,
+                                    listeners,
+                                    next_listener: 0,
+                                    accept_backoff: None,
                                 }
                                 .await;
 
@@ -442,14 +520,15 @@ impl ServerWorker {
                 arbiter.spawn(async move {
                     // spawn_local to run !Send future tasks.
                     spawn(async move {
-                        let services = match create_services(&factories, &mut stop_rx).await {
+                        let started = create_services(&factories, &mut stop_rx, listeners).await;
+                        let (services, listeners) = match started {
                             // a stop request cancelled startup
                             None => {
                                 Arbiter::current().stop();
                                 return;
                             }
 
-                            Some(Ok(services)) => services,
+                            Some(Ok(started)) => started,
 
                             Some(Err(err)) => {
                                 Arbiter::current().stop();
@@ -480,6 +559,9 @@ impl ServerWorker {
                             factories: factories.into_boxed_slice(),
                             state: Default::default(),
                             shutdown_timeout: config.shutdown_timeout,
+                            listeners,
+                            next_listener: 0,
+                            accept_backoff: None,
                         });
                     });
                 });
@@ -511,6 +593,69 @@ impl ServerWorker {
                     WorkerServiceStatus::Stopping
                 };
             });
+    }
+
+    /// rondo: accepts one connection from this worker's own listeners, trying each in turn
+    /// from `next_listener`. Pending when none has one ready (each listener's readiness, and
+    /// the worker's capacity or the error backoff, wake the worker), or when the worker already
+    /// serves its limit of connections.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<(usize, MioStream)> {
+        if self.listeners.is_empty() {
+            return Poll::Pending;
+        }
+
+        if let Some(backoff) = self.accept_backoff.as_mut() {
+            ready!(backoff.as_mut().poll(cx));
+            self.accept_backoff = None;
+        }
+
+        // As the accept thread stops sending a worker connections at its limit, the worker
+        // stops accepting them: they wait in the kernel's backlog until one of its own closes.
+        if !self.counter.poll_capacity(cx.waker()) {
+            return Poll::Pending;
+        }
+
+        let count = self.listeners.len();
+        for offset in 0..count {
+            let idx = (self.next_listener + offset) % count;
+            let listener = &self.listeners[idx];
+
+            loop {
+                let mut ready = match listener.lst.poll_read_ready(cx) {
+                    Poll::Ready(Ok(ready)) => ready,
+                    Poll::Ready(Err(err)) => {
+                        error!("Error polling listener: {err}");
+                        break;
+                    }
+                    Poll::Pending => break,
+                };
+
+                match ready.try_io(|lst| lst.get_ref().accept()) {
+                    Ok(Ok((stream, _))) => {
+                        let token = listener.token;
+                        self.next_listener = (idx + 1) % count;
+                        return Poll::Ready((token, MioStream::Tcp(stream)));
+                    }
+
+                    // readiness was cleared: polled again above, the listener registers this
+                    // task's waker
+                    Err(_would_block) => continue,
+
+                    Ok(Err(ref err)) if connection_error(err) => continue,
+
+                    Ok(Err(err)) => {
+                        error!("Error accepting connection: {err}");
+                        let mut backoff = Box::pin(sleep(ACCEPT_ERROR_BACKOFF));
+                        // registers the timer's wake-up
+                        let _ = backoff.as_mut().poll(cx);
+                        self.accept_backoff = Some(backoff);
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+
+        Poll::Pending
     }
 
     fn check_readiness(&mut self, cx: &mut Context<'_>) -> Result<bool, (usize, usize)> {
@@ -613,6 +758,9 @@ impl Future for ServerWorker {
             } else if graceful {
                 info!("graceful worker shutdown; finishing {} connections", num);
                 this.shutdown(false);
+                // rondo: close this worker's own listeners, so new connections go to the
+                // workers still accepting, or are refused once none is.
+                this.listeners.clear();
 
                 this.state = WorkerState::Shutdown(Shutdown {
                     timer: Box::pin(sleep(SHUTDOWN_POLL_INTERVAL)),
@@ -716,34 +864,57 @@ impl Future for ServerWorker {
                 }
 
                 // handle incoming io stream
-                match ready!(this.conn_rx.poll_recv(cx)) {
-                    Some(msg) => {
+                match this.conn_rx.poll_recv(cx) {
+                    Poll::Ready(Some(msg)) => {
                         let guard = this.counter.guard();
                         let _ = this.services[msg.token]
                             .service
                             .call((guard, msg.io))
                             .into_inner();
+                        continue;
                     }
-                    None => {
-                        // The accept channel can close before the server's stop command reaches
-                        // this worker. `stop_rx` was polled above and will wake this worker when
-                        // the command arrives.
-                        return Poll::Pending;
-                    }
+                    // The accept channel can close before the server's stop command reaches
+                    // this worker. `stop_rx` was polled above and will wake this worker when
+                    // the command arrives.
+                    Poll::Ready(None) | Poll::Pending => {}
                 };
+
+                // rondo: connections from this worker's own listeners, a batch at a time
+                // rondo: a connection from this worker's own listeners, one per turn: the worker
+                // lets its other tasks run before it takes the next, so a worker that wakes to a
+                // queue of connections leaves some to the others, as the accept thread's round
+                // robin did.
+                let (token, io) = ready!(this.poll_accept(cx));
+                let guard = this.counter.accepted();
+                let _ = this.services[token].service.call((guard, io)).into_inner();
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             },
         }
     }
 }
 
-/// Creates every service of a starting worker.
+/// rondo: as the accept thread's `connection_error`: an `accept` error that concerns one
+/// connection only, after which the next may be accepted at once.
+fn connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Creates every service of a starting worker, then (rondo) registers its own listeners.
 ///
 /// Resolves to `None` when a stop request arrives before all services are created: the services
 /// created so far and the pending factory future are dropped, and the stop is confirmed.
+#[allow(clippy::type_complexity)]
 async fn create_services(
     factories: &[Box<dyn InternalServiceFactory>],
     stop_rx: &mut UnboundedReceiver<Stop>,
-) -> Option<io::Result<Vec<(usize, usize, BoxedServerService)>>> {
+    listeners: Vec<(usize, MioTcpListener)>,
+) -> Option<io::Result<(Vec<(usize, usize, BoxedServerService)>, Vec<WorkerListener>)>> {
     let mut create_fut = pin!(async {
         let mut services = Vec::new();
 
@@ -773,7 +944,9 @@ async fn create_services(
 
 
         // Service creation finished (either successfully or with an error).
-        created = create_fut.as_mut() => Some(created)
+        created = create_fut.as_mut() => Some(created.and_then(|services| {
+            Ok((services, register_listeners(listeners)?))
+        }))
     }
 }
 

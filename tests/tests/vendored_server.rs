@@ -1,0 +1,172 @@
+//! The vendored actix-server's change (vendor/README.md) that rondo's other tests cannot see:
+//! the workers accept connections on the listening socket themselves, each through a
+//! descriptor of its own, instead of through the accept thread.
+//!
+//! - Each worker holds a descriptor of the socket, and the server one more (for a restarted
+//!   worker); stopping the server closes them all, so the port refuses connections.
+//! - A worker at its connection limit stops accepting and leaves connections to the others;
+//!   past every worker's limit a connection waits until one closes.
+//!
+//! rondo's own tests run everything else through it: `limits.rs` (the limit with one worker),
+//! `balancer/tests/binary.rs` (a SIGTERM refuses new connections at once; out of descriptors
+//! the workers back off and recover).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What `/proc/self/fd/<fd>` links to: `socket:[<inode>]` for a socket.
+fn link_of(fd: i32) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// How many of this process's descriptors refer to the socket `link` names.
+fn descriptors_of(link: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path()).is_ok_and(|target| target.to_string_lossy() == link)
+        })
+        .count()
+}
+
+/// A server on 127.0.0.1 with `workers` workers of `limit` connections each, answering every
+/// request with the name of the worker thread that serves it; its address, its listening
+/// socket's `/proc` link, and its handle.
+fn server(
+    workers: usize,
+    limit: usize,
+) -> (
+    SocketAddr,
+    String,
+    actix_web::dev::ServerHandle,
+    actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let link = link_of(listener.as_raw_fd());
+    let server = HttpServer::new(|| {
+        App::new().default_service(web::to(|| async {
+            std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_owned()
+        }))
+    })
+    .workers(workers)
+    .max_connections(limit)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    (addr, link, handle, actix_web::rt::spawn(server))
+}
+
+/// Sends a keep-alive GET on `conn` and reads its response: the body, or `None` when nothing
+/// arrived within `wait`.
+async fn get(conn: &mut TcpStream, wait: Duration) -> Option<String> {
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(conn, wait).await
+}
+
+/// Reads a 200 response from `conn` (its rest 5 s at most once it started): its body, or `None`
+/// when nothing arrived within `wait`.
+async fn read_response(conn: &mut TcpStream, wait: Duration) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let n = tokio::time::timeout(wait, conn.read(&mut chunk))
+        .await
+        .ok()?
+        .unwrap();
+    buf.extend_from_slice(&chunk[..n]);
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("a content-length")
+                .parse()
+                .unwrap();
+            if buf.len() >= end + 4 + length {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                return Some(text[end + 4..end + 4 + length].to_owned());
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+            .await
+            .expect("the rest of the response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the whole response: {text:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Each of the two workers holds a descriptor of the listening socket and the server one
+/// more; once stopped, none is left open and the port refuses connections.
+#[actix_web::test]
+async fn each_worker_accepts_on_its_own_descriptor_closed_at_stop() {
+    let (addr, link, handle, running) = server(2, 100);
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    get(&mut conn, Duration::from_secs(5))
+        .await
+        .expect("served");
+    drop(conn);
+    // The application's listener was moved into the server: all three are the server's own.
+    assert_eq!(descriptors_of(&link), 3, "descriptors of {link}");
+
+    handle.stop(true).await;
+    running.await.unwrap().unwrap();
+    assert_eq!(descriptors_of(&link), 0, "descriptors of {link} left open");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "a stopped server's port still accepts connections"
+    );
+}
+
+/// With one connection per worker, two kept-alive connections are served by the two workers
+/// (the one at its limit leaves the second to the other), a third waits while both are held,
+/// and is served once one of them closes.
+#[actix_web::test]
+async fn a_worker_at_its_limit_leaves_connections_to_the_others() {
+    let (addr, _, handle, running) = server(2, 1);
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let first_worker = get(&mut first, Duration::from_secs(5))
+        .await
+        .expect("served");
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let second_worker = get(&mut second, Duration::from_secs(5))
+        .await
+        .expect("the second connection is served while the first is held");
+    assert_ne!(first_worker, second_worker, "both served by one worker");
+
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let early = get(&mut third, Duration::from_millis(500)).await;
+    assert_eq!(
+        early, None,
+        "a third connection was served while both workers were at their limit"
+    );
+    drop(first);
+    let third_worker = read_response(&mut third, Duration::from_secs(5))
+        .await
+        .expect("the third connection is served once the first closes");
+    assert_eq!(
+        third_worker, first_worker,
+        "served by the worker still full"
+    );
+
+    handle.stop(false).await;
+    running.await.unwrap().unwrap();
+}
