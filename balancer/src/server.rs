@@ -105,6 +105,15 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Sets `TCP_NODELAY` on the client listener. Bodies are relayed in the pieces the endpoint
+/// sends; without it a short last piece waits for the client's delayed ACK (about 40 ms per
+/// 64 KiB response), as nginx's `tcp_nodelay on` default avoids. Linux gives the option of a
+/// listening socket to every connection accepted from it, which saves a `setsockopt` per
+/// connection; elsewhere actix-web sets it on each (see [`start`]).
+fn no_delay_for_clients(listener: &TcpListener) -> io::Result<()> {
+    socket2::SockRef::from(listener).set_tcp_nodelay(true)
+}
+
 /// Starts the balancer on `listener`, resolving upstreams through `resolver`; it serves in the
 /// background until stopped.
 ///
@@ -171,6 +180,7 @@ pub async fn start<R: Resolve>(
         None => (None, Vec::new()),
     };
 
+    no_delay_for_clients(&listener)?;
     let forwarding = web::Data::new(Forwarding::new(config, selector.clone(), totals.clone()));
     let connections = totals.clone();
     let client_config = config.clone();
@@ -188,13 +198,14 @@ pub async fn start<R: Resolve>(
         idle if idle.is_zero() => KeepAlive::Disabled,
         idle => KeepAlive::Timeout(idle),
     })
-    // Bodies are relayed in the pieces the endpoint sends; without TCP_NODELAY a short last
-    // piece waits for the client's delayed ACK (about 40 ms per 64 KiB response), as nginx's
-    // `tcp_nodelay on` default avoids.
-    .tcp_nodelay(true)
     // actix counts whole seconds: round up, so 500ms still lets requests finish.
-    .shutdown_timeout((config.shutdown_timeout.as_secs_f64().ceil() as u64).max(1))
-    .listen(listener)?;
+    .shutdown_timeout((config.shutdown_timeout.as_secs_f64().ceil() as u64).max(1));
+    let server = if cfg!(target_os = "linux") {
+        server
+    } else {
+        server.tcp_nodelay(true)
+    };
+    let server = server.listen(listener)?;
     let addrs = server.addrs();
     let server = server.run();
     let handle = server.handle();
@@ -275,6 +286,21 @@ mod tests {
     use super::*;
     use std::net::TcpStream;
     use std::time::Duration;
+
+    /// A connection accepted from the client listener has `TCP_NODELAY` without setting it.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn accepted_clients_inherit_no_delay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (plain, _) = listener.accept().unwrap();
+        assert!(!plain.nodelay().unwrap(), "on without being set");
+
+        no_delay_for_clients(&listener).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 
     /// Clients beyond the standard library's 128 complete their handshake while the listener has
     /// not yet accepted any (a burst): none waits for a SYN to be sent again.

@@ -6,6 +6,7 @@
 //!   worker); stopping the server closes them all, so the port refuses connections.
 //! - A worker at its connection limit stops accepting and leaves connections to the others;
 //!   past every worker's limit a connection waits until one closes.
+//! - A worker that dies is started again, and serves the connection that waited meanwhile.
 //!
 //! rondo's own tests run everything else through it: `limits.rs` (the limit with one worker),
 //! `balancer/tests/binary.rs` (a SIGTERM refuses new connections at once; out of descriptors
@@ -129,6 +130,11 @@ async fn each_worker_accepts_on_its_own_descriptor_closed_at_stop() {
 
     handle.stop(true).await;
     running.await.unwrap().unwrap();
+    // An idle worker confirms the stop just before its task ends and drops its descriptor.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while descriptors_of(&link) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(descriptors_of(&link), 0, "descriptors of {link} left open");
     assert!(
         TcpStream::connect(addr).await.is_err(),
@@ -165,6 +171,112 @@ async fn a_worker_at_its_limit_leaves_connections_to_the_others() {
     assert_eq!(
         third_worker, first_worker,
         "served by the worker still full"
+    );
+
+    handle.stop(false).await;
+    running.await.unwrap().unwrap();
+}
+
+/// Set by `/die`: the next readiness check of the worker's service panics, once.
+static DIE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A middleware whose readiness check panics once `DIE` is set. actix-server checks its
+/// services' readiness in the worker's own task, so the panic kills the worker.
+struct PanicWhenReady;
+
+impl<S, B> actix_web::dev::Transform<S, actix_web::dev::ServiceRequest> for PanicWhenReady
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+{
+    type Response = actix_web::dev::ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Transform = PanicWhenReadyService<S>;
+    type InitError = ();
+    type Future = std::future::Ready<Result<Self::Transform, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        std::future::ready(Ok(PanicWhenReadyService(service)))
+    }
+}
+
+struct PanicWhenReadyService<S>(S);
+
+impl<S, B> actix_web::dev::Service<actix_web::dev::ServiceRequest> for PanicWhenReadyService<S>
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if DIE.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("the test kills this worker");
+        }
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&self, req: actix_web::dev::ServiceRequest) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
+/// A worker whose task panics is started again, and the connection that came meanwhile is
+/// served by the new one. Bounded: two connections, 15 s.
+#[actix_web::test]
+async fn a_worker_that_dies_is_started_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(|| {
+        App::new()
+            .wrap(PanicWhenReady)
+            .route(
+                "/die",
+                web::get().to(|| async {
+                    DIE.store(true, std::sync::atomic::Ordering::SeqCst);
+                    "dying"
+                }),
+            )
+            .default_service(web::to(|| async { "alive" }))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    let running = actix_web::rt::spawn(server);
+
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(b"GET /die HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut first, Duration::from_secs(5)).await,
+        Some("dying".to_owned())
+    );
+    // The worker checks its service's readiness when it next accepts: this connection kills
+    // it, and waits in the backlog for the worker started after it.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let served = get(&mut second, Duration::from_secs(10)).await;
+    println!("2 connections; the one that came as the worker died got {served:?}");
+    assert_eq!(
+        served,
+        Some("alive".to_owned()),
+        "no worker serves any more"
     );
 
     handle.stop(false).await;

@@ -249,6 +249,13 @@ impl Accept {
                     }
                 }
 
+                // rondo: a worker stopped unasked; start a new one.
+                Some(WakerInterest::WorkerFaulted(idx)) => {
+                    drop(guard);
+
+                    self.remove_worker(idx);
+                }
+
                 // A new worker thread has been created so store its handle.
                 Some(WakerInterest::Worker(handle)) => {
                     drop(guard);
@@ -526,6 +533,19 @@ impl Accept {
     #[inline(always)]
     fn set_next(&mut self) {
         self.next_worker = (self.next_worker + 1) % self.handles.len();
+    }
+
+    /// rondo: removes the handle of worker `idx`, which stopped unasked, and has the server
+    /// start a new one; nothing when a failed send removed it first.
+    fn remove_worker(&mut self, idx: usize) {
+        if let Some(pos) = self.handles.iter().position(|handle| handle.idx() == idx) {
+            self.handles.swap_remove(pos);
+            self.srv.worker_faulted(idx);
+            self.avail.set_available(idx, false);
+            if self.next_worker >= self.handles.len() {
+                self.next_worker = 0;
+            }
+        }
     }
 
     /// Remove next worker handle that fail to accept connection.

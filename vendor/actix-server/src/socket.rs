@@ -254,8 +254,10 @@ pub(crate) fn create_mio_tcp_listener(
 /// of its own (`dup`) for the same listening socket and registers it with its own event loop,
 /// so a connection goes from the kernel to the worker that serves it, without the accept
 /// thread's wake-up, `accept4` and hand-over through a channel. The kernel wakes every worker
-/// waiting on the socket, and whichever comes first accepts (nginx's workers share their
-/// listening sockets the same way); a busy worker leaves the connection to an idle one.
+/// waiting on the socket, and whichever comes first accepts, so a busy worker leaves the
+/// connection to an idle one; the others find nothing (an `accept4` that fails with `EAGAIN`).
+/// nginx's workers share their listening sockets too, but register them with
+/// `EPOLLEXCLUSIVE`, which wakes one; tokio has no way to ask for it.
 ///
 /// Returns the accept thread's listeners, one more descriptor of each shared listener (for a
 /// restarted worker; close them to stop accepting) and, for each of `workers` workers, its

@@ -83,4 +83,9 @@ pub(crate) enum WakerInterest {
     /// `Worker` is an interest that is triggered after a worker faults. This is determined by
     /// trying to send work to it. `Accept` would be waked up and add the new `WorkerHandleAccept`.
     Worker(WorkerHandleAccept),
+    /// rondo: a worker stopped without being asked to (its task panicked, say). A worker that
+    /// accepts its connections itself is never sent one, so a failed send cannot tell; the
+    /// worker tells as it is dropped, and `Accept` removes its handle and has the server start
+    /// a new one.
+    WorkerFaulted(usize),
 }

@@ -295,6 +295,8 @@ pub(crate) struct ServerWorker {
     /// rondo: after an `accept` error other than a failed connection (e.g. `EMFILE`), the
     /// listeners rest until this fires, as the accept thread's do.
     accept_backoff: Option<Pin<Box<Sleep>>>,
+    /// rondo: a stop was asked for; a worker dropped before that died, and says so.
+    stop_requested: bool,
 }
 
 /// rondo: a listening socket of this worker's own, registered with its runtime.
@@ -490,6 +492,7 @@ impl ServerWorker {
                                     listeners,
                                     next_listener: 0,
                                     accept_backoff: None,
+                                    stop_requested: false,
                                 }
                                 .await;
 
@@ -562,6 +565,7 @@ impl ServerWorker {
                             listeners,
                             next_listener: 0,
                             accept_backoff: None,
+                            stop_requested: false,
                         });
                     });
                 });
@@ -623,6 +627,7 @@ impl ServerWorker {
             loop {
                 let mut ready = match listener.lst.poll_read_ready(cx) {
                     Poll::Ready(Ok(ready)) => ready,
+                    // only when the runtime's I/O driver is gone, as the worker stops
                     Poll::Ready(Err(err)) => {
                         error!("Error polling listener: {err}");
                         break;
@@ -738,6 +743,15 @@ struct Shutdown {
 
 impl Drop for ServerWorker {
     fn drop(&mut self) {
+        // rondo: dropped without a stop request, e.g. as its task panicked: have a new worker
+        // started (its descriptors close with it, and the accept thread, which sends it no
+        // connections, would not notice).
+        if !self.stop_requested {
+            let inner = &*self.counter.inner;
+            inner
+                .waker_queue
+                .wake(WakerInterest::WorkerFaulted(self.counter.idx));
+        }
         Arbiter::try_current().as_ref().map(ArbiterHandle::stop);
     }
 }
@@ -750,6 +764,7 @@ impl Future for ServerWorker {
 
         // `StopWorker` message handler
         if let Poll::Ready(Some(Stop { graceful, tx })) = this.stop_rx.poll_recv(cx) {
+            this.stop_requested = true;
             let num = this.counter.total();
             if num == 0 {
                 info!("shutting down idle worker");
@@ -879,7 +894,6 @@ impl Future for ServerWorker {
                     Poll::Ready(None) | Poll::Pending => {}
                 };
 
-                // rondo: connections from this worker's own listeners, a batch at a time
                 // rondo: a connection from this worker's own listeners, one per turn: the worker
                 // lets its other tasks run before it takes the next, so a worker that wakes to a
                 // queue of connections leaves some to the others, as the accept thread's round
