@@ -14,6 +14,8 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
@@ -40,8 +42,9 @@ fn descriptors_of(link: &str) -> usize {
 }
 
 /// A server on 127.0.0.1 with `workers` workers of `limit` connections each, answering every
-/// request with the name of the worker thread that serves it; its address, its listening
-/// socket's `/proc` link, and its handle.
+/// request with the name of the worker thread that serves it, but `/die` with `dying`, after
+/// which the worker that next checks its service's readiness panics; its address, its
+/// listening socket's `/proc` link, and its handle.
 fn server(
     workers: usize,
     limit: usize,
@@ -54,13 +57,24 @@ fn server(
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let link = link_of(listener.as_raw_fd());
-    let server = HttpServer::new(|| {
-        App::new().default_service(web::to(|| async {
-            std::thread::current()
-                .name()
-                .unwrap_or("unnamed")
-                .to_owned()
-        }))
+    let die = Arc::new(AtomicBool::new(false));
+    let server = HttpServer::new(move || {
+        let dying = die.clone();
+        App::new()
+            .wrap(PanicWhenReady(die.clone()))
+            .route(
+                "/die",
+                web::get().to(move || {
+                    dying.store(true, Ordering::SeqCst);
+                    async { "dying" }
+                }),
+            )
+            .default_service(web::to(|| async {
+                std::thread::current()
+                    .name()
+                    .unwrap_or("unnamed")
+                    .to_owned()
+            }))
     })
     .workers(workers)
     .max_connections(limit)
@@ -177,12 +191,10 @@ async fn a_worker_at_its_limit_leaves_connections_to_the_others() {
     running.await.unwrap().unwrap();
 }
 
-/// Set by `/die`: the next readiness check of the worker's service panics, once.
-static DIE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// A middleware whose readiness check panics once `DIE` is set. actix-server checks its
-/// services' readiness in the worker's own task, so the panic kills the worker.
-struct PanicWhenReady;
+/// A middleware whose readiness check panics, once, when its flag is set (by `/die`).
+/// actix-server checks its services' readiness in the worker's own task, so the panic kills
+/// the worker.
+struct PanicWhenReady(Arc<AtomicBool>);
 
 impl<S, B> actix_web::dev::Transform<S, actix_web::dev::ServiceRequest> for PanicWhenReady
 where
@@ -199,11 +211,11 @@ where
     type Future = std::future::Ready<Result<Self::Transform, ()>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        std::future::ready(Ok(PanicWhenReadyService(service)))
+        std::future::ready(Ok(PanicWhenReadyService(service, self.0.clone())))
     }
 }
 
-struct PanicWhenReadyService<S>(S);
+struct PanicWhenReadyService<S>(S, Arc<AtomicBool>);
 
 impl<S, B> actix_web::dev::Service<actix_web::dev::ServiceRequest> for PanicWhenReadyService<S>
 where
@@ -221,7 +233,7 @@ where
         &self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        if DIE.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if self.1.swap(false, Ordering::SeqCst) {
             panic!("the test kills this worker");
         }
         self.0.poll_ready(cx)
@@ -236,29 +248,7 @@ where
 /// served by the new one. Bounded: two connections, 15 s.
 #[actix_web::test]
 async fn a_worker_that_dies_is_started_again() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = HttpServer::new(|| {
-        App::new()
-            .wrap(PanicWhenReady)
-            .route(
-                "/die",
-                web::get().to(|| async {
-                    DIE.store(true, std::sync::atomic::Ordering::SeqCst);
-                    "dying"
-                }),
-            )
-            .default_service(web::to(|| async { "alive" }))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    let running = actix_web::rt::spawn(server);
-
+    let (addr, _, handle, running) = server(1, 100);
     let mut first = TcpStream::connect(addr).await.unwrap();
     first
         .write_all(b"GET /die HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -273,11 +263,7 @@ async fn a_worker_that_dies_is_started_again() {
     let mut second = TcpStream::connect(addr).await.unwrap();
     let served = get(&mut second, Duration::from_secs(10)).await;
     println!("2 connections; the one that came as the worker died got {served:?}");
-    assert_eq!(
-        served,
-        Some("alive".to_owned()),
-        "no worker serves any more"
-    );
+    assert!(served.is_some(), "no worker serves any more");
 
     handle.stop(false).await;
     running.await.unwrap().unwrap();
