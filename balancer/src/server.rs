@@ -94,12 +94,16 @@ impl Running {
 /// retransmission (1 s) to connect. nginx listens with 511, actix-web with 1,024.
 pub const LISTEN_BACKLOG: i32 = 1024;
 
-/// A listener on `addr` (with `SO_REUSEADDR`, as the standard library's) and a backlog of
-/// [`LISTEN_BACKLOG`]: the client listener (`RONDO_LISTEN`) and the admin listener.
+/// A listener on `addr` (with `SO_REUSEADDR`, as the standard library's, and `TCP_NODELAY`)
+/// and a backlog of [`LISTEN_BACKLOG`]: the client listener (`RONDO_LISTEN`) and the admin
+/// listener.
 pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // Before `listen`, so that every connection the kernel completes has it (see
+    // `no_delay_for_clients`), also while rondo is still starting and accepts none.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
@@ -108,8 +112,9 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Sets `TCP_NODELAY` on the client listener. Bodies are relayed in the pieces the endpoint
 /// sends; without it a short last piece waits for the client's delayed ACK (about 40 ms per
 /// 64 KiB response), as nginx's `tcp_nodelay on` default avoids. Linux gives the option of a
-/// listening socket to every connection accepted from it, which saves a `setsockopt` per
-/// connection; elsewhere actix-web sets it on each (see [`start`]).
+/// listening socket to every connection the kernel completes from it (before it is accepted),
+/// which saves a `setsockopt` per connection; elsewhere actix-web sets it on each (see
+/// [`start`]).
 fn no_delay_for_clients(listener: &TcpListener) -> io::Result<()> {
     socket2::SockRef::from(listener).set_tcp_nodelay(true)
 }
@@ -126,6 +131,9 @@ pub async fn start<R: Resolve>(
     listener: TcpListener,
     resolver: R,
 ) -> io::Result<Running> {
+    // First, for a listener bound elsewhere (as in tests): connections completed from now on
+    // get TCP_NODELAY, also those that wait for the first discovery round.
+    no_delay_for_clients(&listener)?;
     let selector = Arc::new(RoundRobin::new(config.passive_policy()));
     let mut discovery = Discovery::new(config.upstreams.0.clone(), resolver, selector.clone())
         .probed(config.health_checks);
@@ -180,7 +188,6 @@ pub async fn start<R: Resolve>(
         None => (None, Vec::new()),
     };
 
-    no_delay_for_clients(&listener)?;
     let forwarding = web::Data::new(Forwarding::new(config, selector.clone(), totals.clone()));
     let connections = totals.clone();
     let client_config = config.clone();
@@ -300,6 +307,11 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         assert!(accepted.nodelay().unwrap());
+
+        let bound = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = TcpStream::connect(bound.local_addr().unwrap()).unwrap();
+        let (accepted, _) = bound.accept().unwrap();
+        assert!(accepted.nodelay().unwrap(), "not from bind_listener's");
     }
 
     /// Clients beyond the standard library's 128 complete their handshake while the listener has

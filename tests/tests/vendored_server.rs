@@ -250,6 +250,9 @@ where
 async fn a_worker_that_dies_is_started_again() {
     let (addr, _, handle, running) = server(1, 100);
     let mut first = TcpStream::connect(addr).await.unwrap();
+    let first_worker = get(&mut first, Duration::from_secs(5))
+        .await
+        .expect("served");
     first
         .write_all(b"GET /die HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -262,8 +265,12 @@ async fn a_worker_that_dies_is_started_again() {
     // it, and waits in the backlog for the worker started after it.
     let mut second = TcpStream::connect(addr).await.unwrap();
     let served = get(&mut second, Duration::from_secs(10)).await;
-    println!("2 connections; the one that came as the worker died got {served:?}");
-    assert!(served.is_some(), "no worker serves any more");
+    println!(
+        "2 connections; the worker {first_worker} died, and the connection that came then was \
+         served by {served:?}"
+    );
+    let served = served.expect("no worker serves any more");
+    assert_ne!(served, first_worker, "served by the worker that was to die");
 
     handle.stop(false).await;
     running.await.unwrap().unwrap();
