@@ -12,7 +12,7 @@ use crate::{
     ServerBuilder, ServerHandle,
 };
 
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
 // Allow a 10 ms margin after the listener's retry deadline.
 const ACCEPT_ERROR_POLL_TIMEOUT: Duration =
     ACCEPT_ERROR_BACKOFF.saturating_add(Duration::from_millis(10));
@@ -565,7 +565,7 @@ impl Accept {
 /// All other errors will incur a timeout before next `accept()` call is attempted. The timeout is
 /// useful to handle resource exhaustion errors like `ENFILE` and `EMFILE`. Otherwise, it could
 /// enter into a temporary spin loop.
-fn connection_error(err: &io::Error) -> bool {
+pub(crate) fn connection_error(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::ConnectionRefused
         || err.kind() == io::ErrorKind::ConnectionAborted
         || err.kind() == io::ErrorKind::ConnectionReset

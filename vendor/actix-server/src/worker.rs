@@ -30,6 +30,8 @@ use tokio::{
 use tracing::{error, info, trace};
 
 use crate::{
+    // rondo: the accept thread's error handling, for the workers' own listeners
+    accept::{connection_error, ACCEPT_ERROR_BACKOFF},
     service::{BoxedServerService, InternalServiceFactory},
     socket::{MioStream, MioTcpListener},
     waker_queue::{WakerInterest, WakerQueue},
@@ -38,8 +40,6 @@ use crate::{
 // Based on the default maximum blocking thread count of a Tokio runtime.
 const DEFAULT_BLOCKING_THREAD_BUDGET: usize = 512;
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_secs(1);
-// rondo: as the accept thread's `ACCEPT_ERROR_BACKOFF`, for the workers' own listeners.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Stop worker message. Returns `true` on successful graceful shutdown
 /// and `false` if some connections still alive when shutdown execute.
@@ -906,17 +906,6 @@ impl Future for ServerWorker {
             },
         }
     }
-}
-
-/// rondo: as the accept thread's `connection_error`: an `accept` error that concerns one
-/// connection only, after which the next may be accepted at once.
-fn connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }
 
 /// Creates every service of a starting worker, then (rondo) registers its own listeners.
