@@ -19,21 +19,26 @@ use std::net::IpAddr;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Version;
+use bytes::Bytes;
 use smallvec::SmallVec;
 
 use crate::config::Networks;
 
-/// Headers that describe one connection, never the message: RFC 9110 §7.6.1, plus the
-/// non-standard `Keep-Alive` and `Proxy-Connection`.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Whether `name` describes one connection, never the message: RFC 9110 §7.6.1, plus the
+/// non-standard `Keep-Alive` and `Proxy-Connection`. (A match on the name's text: one length
+/// switch and a comparison, where a list of `HeaderName`s took seven comparisons a header.)
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -66,7 +71,7 @@ pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
         .filter(|t| !t.is_empty())
         .collect();
     for (name, value) in from.iter() {
-        let hop_by_hop = HOP_BY_HOP.contains(name)
+        let hop_by_hop = is_hop_by_hop(name)
             || *name == header::CONTENT_LENGTH
             || named
                 .iter()
@@ -111,8 +116,12 @@ fn is_sane_id(id: &[u8]) -> bool {
 }
 
 /// 128 random bits as 32 lowercase hex digits.
+///
+/// The digits are kept in one shared allocation (`Bytes::from_owner`): the id is cloned into
+/// the request to the endpoint and the client's response, and a value copied into a `Vec`
+/// would allocate again on its first clone.
 pub fn new_request_id() -> HeaderValue {
-    HeaderValue::from_bytes(&hex32(fastrand::u128(..)))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(hex32(fastrand::u128(..))))
         .expect("hex digits are a valid header value")
 }
 
@@ -249,7 +258,7 @@ impl ForwardingPolicy {
         if !(trusted && sent.port) {
             let port = match client.host.and_then(host_port) {
                 None | Some(80) => PORT_80,
-                Some(port) => HeaderValue::from(port),
+                Some(port) => port_value(port),
             };
             headers.insert(X_FORWARDED_PORT, port);
         }
@@ -384,15 +393,41 @@ fn push_token_or_quoted(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// The port of a `Host` value (`example.com:8080`, `[::1]:8080`), when it names one.
+/// The port of a `Host` value (`example.com:8080`, `[::1]:8080`), when it names one: one to
+/// five digits after the last `:`, at most 65535.
 fn host_port(host: &HeaderValue) -> Option<u16> {
-    let host = host.to_str().ok()?;
-    let (before, port) = host.rsplit_once(':')?;
-    if before.contains(':') && !before.ends_with(']') {
+    let host = host.as_bytes();
+    let colon = host.iter().rposition(|b| *b == b':')?;
+    let (before, digits) = (&host[..colon], &host[colon + 1..]);
+    if before.contains(&b':') && !before.ends_with(b"]") {
         // An IPv6 literal without brackets and without a port.
         return None;
     }
-    port.parse().ok()
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let port = digits
+        .iter()
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    u16::try_from(port).ok()
+}
+
+/// `port` as a header value. Each thread keeps the last one it made: the clients of one
+/// listener name the same port, so a request costs a comparison and a reference count, not
+/// formatting and an allocation.
+fn port_value(port: u16) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(u16, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((p, value)) if *p == port => value.clone(),
+        _ => {
+            let value = HeaderValue::from_maybe_shared(Bytes::from_owner(port.to_string()))
+                .expect("digits are a valid header value");
+            *last = Some((port, value.clone()));
+            value
+        }
+    })
 }
 
 fn push_list(list: &mut String, item: &str) {
@@ -652,6 +687,40 @@ mod tests {
         assert_eq!(get(&h, "x-forwarded-port"), Some("80"));
         assert_eq!(get(&h, "via"), Some("1.0 rondo"));
         assert_eq!(host_port(&HeaderValue::from_static("::1")), None);
+    }
+
+    /// A Host's port is one to five digits after the last colon, at most 65535; anything else
+    /// names no port.
+    #[test]
+    fn host_ports_are_read_strictly() {
+        for (host, port) in [
+            ("example.com:8080", Some(8080)),
+            ("[::1]:8080", Some(8080)),
+            ("127.0.0.1:65535", Some(65535)),
+            ("example.com:00080", Some(80)),
+            ("example.com", None),
+            ("::1", None),
+            ("[::1]", None),
+            ("example.com:", None),
+            ("example.com:65536", None),
+            ("example.com:123456", None),
+            ("example.com:+80", None),
+            ("example.com:8o", None),
+        ] {
+            assert_eq!(host_port(&HeaderValue::from_static(host)), port, "{host}");
+        }
+    }
+
+    /// `X-Forwarded-Port` names the client's port, whichever ports a thread saw before.
+    #[test]
+    fn forwarded_port_follows_the_host() {
+        for host in ["a:8080", "a:8080", "a:9090", "a:8080", "a"] {
+            let host = HeaderValue::from_static(host);
+            let mut h = HeaderMap::new();
+            policy("", false).apply(client("127.0.0.1", Some(&host)), &mut h);
+            let want = host_port(&host).unwrap_or(80).to_string();
+            assert_eq!(get(&h, "x-forwarded-port"), Some(want.as_str()));
+        }
     }
 
     /// A sane client id is kept; a missing, empty, long or spaced one is replaced by 32 hex digits.

@@ -8,6 +8,8 @@
 //!   value per name inline: every value must still be there, in order.
 //! - A connection starts each request with a 1,000-byte read buffer, grown when a read fills
 //!   it: heads and bodies larger than that, whole or in pieces, must arrive whole.
+//! - The client codec gives a sent head's header table back for the thread's next request
+//!   head: that head must start empty, whatever the one before carried.
 
 use std::time::Duration;
 
@@ -211,4 +213,53 @@ async fn requests_larger_than_the_first_read_buffer_arrive_whole() {
         assert_eq!(status, 200);
         assert_eq!(echo(&body)["query"], query);
     }
+}
+
+/// A request head made after another was sent starts with no headers (its table may be the
+/// sent head's, emptied), and the next request is written with its own headers only.
+#[test]
+fn a_new_request_head_has_none_of_the_last_ones_headers() {
+    let encode = |head: RequestHead| {
+        let mut buf = BytesMut::new();
+        ClientCodec::default()
+            .encode(
+                Message::Item((RequestHeadType::Owned(head), BodySize::None)),
+                &mut buf,
+            )
+            .expect("a request head encodes");
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    actix_rt::System::new().block_on(async {
+        for round in 0..40 {
+            let mut head = RequestHead::default();
+            assert!(
+                head.headers.is_empty(),
+                "round {round}: a new head has headers: {:?}",
+                head.headers
+            );
+            let name = format!("x-round-{round}");
+            for i in 0..(round % 20) {
+                head.headers.append(
+                    actix_http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    actix_http::header::HeaderValue::from(i),
+                );
+            }
+            head.headers.insert(
+                actix_http::header::HOST,
+                actix_http::header::HeaderValue::from_static("example.com"),
+            );
+            let text = encode(head);
+            let expected = round % 20;
+            assert_eq!(
+                text.matches("x-round-").count(),
+                expected as usize,
+                "round {round}: {text:?}"
+            );
+            assert_eq!(
+                text.matches(&format!("{name}:")).count(),
+                expected as usize,
+                "round {round}: {text:?}"
+            );
+        }
+    });
 }

@@ -259,6 +259,10 @@ impl Encoder<Message<(RequestHeadType, BodySize)>> for ClientCodec {
                     inner.conn_type,
                     &inner.config,
                 )?;
+                // rondo: the head is written; its header table serves the next request head.
+                if let RequestHeadType::Owned(head) = head {
+                    crate::requests::keep_headers(head.headers);
+                }
             }
             Message::Chunk(Some(bytes)) => {
                 self.inner.encoder.encode_chunk(bytes.as_ref(), dst)?;

@@ -1,4 +1,4 @@
-use std::{net, rc::Rc};
+use std::{cell::RefCell, net, rc::Rc};
 
 use crate::{
     header::{self, HeaderMap},
@@ -8,6 +8,44 @@ use crate::{
 
 thread_local! {
     static REQUEST_POOL: MessagePool<RequestHead> = MessagePool::<RequestHead>::create()
+}
+
+// rondo: header tables of request heads that were sent, emptied, for the next
+// `RequestHead::default` on the thread. A table for 16 headers is about 2.6 KiB, past glibc's
+// per-thread cache, so making one and freeing it took malloc's and free's slow paths for
+// every request awc sent (vendor/README.md).
+thread_local! {
+    static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// rondo: how many emptied header tables a thread keeps.
+const SPARE_HEADERS_MAX: usize = 16;
+
+/// rondo: a table that grew past this many headers is freed rather than kept.
+const SPARE_HEADERS_CAPACITY_MAX: usize = 64;
+
+/// rondo: an empty header table, a kept one when the thread has one.
+fn spare_headers() -> HeaderMap {
+    SPARE_HEADERS
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| HeaderMap::with_capacity(16))
+}
+
+/// rondo: keeps `headers`, emptied, for a later request head on this thread (when the thread
+/// keeps fewer than [`SPARE_HEADERS_MAX`] and the table is not oversized); frees it otherwise.
+pub(crate) fn keep_headers(mut headers: HeaderMap) {
+    if headers.capacity() > SPARE_HEADERS_CAPACITY_MAX {
+        return;
+    }
+    headers.clear();
+    let _ = SPARE_HEADERS.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_HEADERS_MAX {
+            spare.push(headers);
+        }
+    });
 }
 
 #[derive(Debug, Clone)]
@@ -29,7 +67,7 @@ impl Default for RequestHead {
             method: Method::default(),
             uri: Uri::default(),
             version: Version::HTTP_11,
-            headers: HeaderMap::with_capacity(16),
+            headers: spare_headers(),
             peer_addr: None,
             flags: Flags::empty(),
         }

@@ -7,3 +7,5 @@ pub use self::{
     head::{RequestHead, RequestHeadType},
     request::Request,
 };
+// rondo: for the client codec, which gives sent heads' header tables back.
+pub(crate) use self::head::keep_headers;
