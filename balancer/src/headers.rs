@@ -393,8 +393,8 @@ fn push_token_or_quoted(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// The port of a `Host` value (`example.com:8080`, `[::1]:8080`), when it names one: one to
-/// five digits after the last `:`, at most 65535.
+/// The port of a `Host` value (`example.com:8080`, `[::1]:8080`), when it names one: the
+/// digits after the last `:` (leading zeros allowed), at most 65535.
 fn host_port(host: &HeaderValue) -> Option<u16> {
     let host = host.as_bytes();
     let colon = host.iter().rposition(|b| *b == b':')?;
@@ -403,13 +403,13 @@ fn host_port(host: &HeaderValue) -> Option<u16> {
         // An IPv6 literal without brackets and without a port.
         return None;
     }
-    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() {
         return None;
     }
-    let port = digits
-        .iter()
-        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
-    u16::try_from(port).ok()
+    digits.iter().try_fold(0u16, |port, d| {
+        let digit = d.checked_sub(b'0').filter(|d| *d <= 9)?;
+        port.checked_mul(10)?.checked_add(u16::from(digit))
+    })
 }
 
 /// `port` as a header value. Each thread keeps the last one it made: the clients of one
@@ -689,8 +689,8 @@ mod tests {
         assert_eq!(host_port(&HeaderValue::from_static("::1")), None);
     }
 
-    /// A Host's port is one to five digits after the last colon, at most 65535; anything else
-    /// names no port.
+    /// A Host's port is the digits after the last colon, at most 65535; anything else names
+    /// no port.
     #[test]
     fn host_ports_are_read_strictly() {
         for (host, port) in [
@@ -698,6 +698,7 @@ mod tests {
             ("[::1]:8080", Some(8080)),
             ("127.0.0.1:65535", Some(65535)),
             ("example.com:00080", Some(80)),
+            ("example.com:000443", Some(443)),
             ("example.com", None),
             ("::1", None),
             ("[::1]", None),

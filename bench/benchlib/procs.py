@@ -78,7 +78,7 @@ def _children_map():
 
 
 def _read_stat(pid):
-    """(state, ppid, utime + stime in ticks) of `pid`, or None when it is gone."""
+    """(state, ppid, utime + stime, utime) in ticks of `pid`, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
@@ -86,7 +86,7 @@ def _read_stat(pid):
         return None
     # The command name is in parentheses and may contain anything: split after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[11]) + int(fields[12])
+    return fields[0], int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[11])
 
 
 def tree(root):
@@ -116,18 +116,16 @@ def user_ticks(pids):
     `cpu_ticks`, where changes to the request path show before the kernel's share buries them."""
     out = {}
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        out[pid] = int(text[text.rindex(")") + 2 :].split()[11])
+        stat = _read_stat(pid)
+        if stat is not None:
+            out[pid] = stat[3]
     return out
 
 
 def cpu_seconds_between(before, after):
-    """CPU seconds spent between two `cpu_ticks` readings. A process present only in `after`
-    (started in between) counts in full; one gone by `after` counts up to `before` only."""
+    """CPU seconds spent between two `cpu_ticks` (or two `user_ticks`) readings. A process
+    present only in `after` (started in between) counts in full; one gone by `after` counts up
+    to `before` only."""
     ticks = sum(t - before.get(pid, 0) for pid, t in after.items())
     return ticks / CLK_TCK
 

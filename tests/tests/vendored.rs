@@ -215,51 +215,82 @@ async fn requests_larger_than_the_first_read_buffer_arrive_whole() {
     }
 }
 
+/// Encodes `head` as awc sends it, with the thread's default client codec.
+fn encode_head(head: RequestHead) -> String {
+    let mut buf = BytesMut::new();
+    ClientCodec::default()
+        .encode(
+            Message::Item((RequestHeadType::Owned(head), BodySize::None)),
+            &mut buf,
+        )
+        .expect("a request head encodes");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A request head with a `Host` and `names` headers `{prefix}-{i}: {i}`.
+fn head_with(prefix: &str, names: usize) -> RequestHead {
+    use actix_http::header::{HeaderName, HeaderValue, HOST};
+    let mut head = RequestHead::default();
+    for i in 0..names {
+        let name = HeaderName::from_bytes(format!("{prefix}-{i}").as_bytes()).unwrap();
+        head.headers.insert(name, HeaderValue::from(i));
+    }
+    head.headers
+        .insert(HOST, HeaderValue::from_static("example.com"));
+    head
+}
+
 /// A request head made after another was sent starts with no headers (its table may be the
 /// sent head's, emptied), and the next request is written with its own headers only.
 #[test]
 fn a_new_request_head_has_none_of_the_last_ones_headers() {
-    let encode = |head: RequestHead| {
-        let mut buf = BytesMut::new();
-        ClientCodec::default()
-            .encode(
-                Message::Item((RequestHeadType::Owned(head), BodySize::None)),
-                &mut buf,
-            )
-            .expect("a request head encodes");
-        String::from_utf8_lossy(&buf).into_owned()
-    };
     actix_rt::System::new().block_on(async {
         for round in 0..40 {
-            let mut head = RequestHead::default();
+            let fresh = RequestHead::default();
             assert!(
-                head.headers.is_empty(),
+                fresh.headers.is_empty(),
                 "round {round}: a new head has headers: {:?}",
-                head.headers
+                fresh.headers
             );
-            let name = format!("x-round-{round}");
-            for i in 0..(round % 20) {
-                head.headers.append(
-                    actix_http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    actix_http::header::HeaderValue::from(i),
-                );
-            }
-            head.headers.insert(
-                actix_http::header::HOST,
-                actix_http::header::HeaderValue::from_static("example.com"),
-            );
-            let text = encode(head);
-            let expected = round % 20;
+            drop(fresh);
+            let prefix = format!("x-round-{round}");
+            let text = encode_head(head_with(&prefix, round % 20));
             assert_eq!(
                 text.matches("x-round-").count(),
-                expected as usize,
+                round % 20,
                 "round {round}: {text:?}"
             );
-            assert_eq!(
-                text.matches(&format!("{name}:")).count(),
-                expected as usize,
-                "round {round}: {text:?}"
-            );
+            for i in 0..round % 20 {
+                assert_eq!(
+                    text.matches(&format!("{prefix}-{i}: {i}\r\n")).count(),
+                    1,
+                    "round {round}: {text:?}"
+                );
+            }
         }
+    });
+}
+
+/// The table of a sent head serves the thread's next head (which starts with the room it
+/// grew to), unless it grew for a request with many headers: then it is freed.
+#[test]
+fn a_sent_heads_table_is_used_again_unless_it_grew_large() {
+    actix_rt::System::new().block_on(async {
+        let new_room = RequestHead::default().headers.capacity();
+        encode_head(head_with("x-forty", 40));
+        let next = RequestHead::default();
+        assert!(
+            next.headers.is_empty() && next.headers.capacity() >= 40,
+            "the sent head's table (room for 40 or more) was not used again: room for {} \
+             (a new table has room for {new_room})",
+            next.headers.capacity()
+        );
+        drop(next);
+        encode_head(head_with("x-hundred", 100));
+        let after = RequestHead::default().headers.capacity();
+        assert_eq!(
+            after, new_room,
+            "a table grown for 100 headers was kept (room for {after})"
+        );
     });
 }

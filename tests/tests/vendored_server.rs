@@ -6,7 +6,9 @@
 //!   worker); stopping the server closes them all, so the port refuses connections.
 //! - A worker at its connection limit stops accepting and leaves connections to the others;
 //!   past every worker's limit a connection waits until one closes.
-//! - A worker that dies is started again, and serves the connection that waited meanwhile.
+//! - A worker that dies is started again, and serves the connection that waited meanwhile;
+//!   one stopped with the whole system (`System::stop`, as a server stopped by a signal calls)
+//!   is not.
 //!
 //! rondo's own tests run everything else through it: `limits.rs` (the limit with one worker),
 //! `balancer/tests/binary.rs` (a SIGTERM refuses new connections at once; out of descriptors
@@ -14,7 +16,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -274,4 +276,43 @@ async fn a_worker_that_dies_is_started_again() {
 
     handle.stop(false).await;
     running.await.unwrap().unwrap();
+}
+
+/// `System::stop`, which a server stopped by SIGTERM calls, stops the arbiters of every
+/// server's workers, also of a server not asked to stop (rondo's admin listener): such a
+/// worker is shut down with its system, not taken for one that died and started again.
+#[test]
+fn workers_stopped_with_their_system_are_not_started_again() {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let counted = starts.clone();
+    actix_web::rt::System::new().block_on(async move {
+        let server = HttpServer::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            App::new().default_service(web::to(|| async { "up" }))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        let running = actix_web::rt::spawn(server);
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            get(&mut conn, Duration::from_secs(5)).await.as_deref(),
+            Some("up")
+        );
+        actix_web::rt::System::current().stop();
+        // Time for the worker's arbiter to stop, and for a restart had one been asked for.
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        handle.stop(false).await;
+        let _ = running.await;
+    });
+    assert_eq!(
+        starts.load(Ordering::SeqCst),
+        1,
+        "the worker stopped with its system was started again"
+    );
 }

@@ -743,10 +743,13 @@ struct Shutdown {
 
 impl Drop for ServerWorker {
     fn drop(&mut self) {
-        // rondo: dropped without a stop request, e.g. as its task panicked: have a new worker
-        // started (its descriptors close with it, and the accept thread, which sends it no
-        // connections, would not notice).
-        if !self.stop_requested {
+        // rondo: dropped without a stop request while its runtime runs, as when its task
+        // panicked: have a new worker started (its descriptors close with it, and the accept
+        // thread, which sends it no connections, would not notice). Dropped while no runtime
+        // runs, it is being shut down with its arbiter: by `System::stop`, which a server
+        // stopped by a signal calls, also for the workers of other servers that had no stop
+        // request yet.
+        if !self.stop_requested && tokio::runtime::Handle::try_current().is_ok() {
             let inner = &*self.counter.inner;
             inner
                 .waker_queue

@@ -21,8 +21,10 @@ thread_local! {
 /// rondo: how many emptied header tables a thread keeps.
 const SPARE_HEADERS_MAX: usize = 16;
 
-/// rondo: a table that grew past this many headers is freed rather than kept.
-const SPARE_HEADERS_CAPACITY_MAX: usize = 64;
+/// rondo: the room (in header names, once emptied) of the tables that are kept: from that of
+/// a new table for 16 headers (28) to 64. An emptier table would only allocate again; one
+/// that grew for a request with many headers (to room for 112 or more) is freed.
+const SPARE_HEADERS_ROOM: std::ops::RangeInclusive<usize> = 16..=64;
 
 /// rondo: an empty header table, a kept one when the thread has one.
 fn spare_headers() -> HeaderMap {
@@ -34,12 +36,14 @@ fn spare_headers() -> HeaderMap {
 }
 
 /// rondo: keeps `headers`, emptied, for a later request head on this thread (when the thread
-/// keeps fewer than [`SPARE_HEADERS_MAX`] and the table is not oversized); frees it otherwise.
+/// keeps fewer than [`SPARE_HEADERS_MAX`] and the table's room is in [`SPARE_HEADERS_ROOM`]);
+/// frees it otherwise.
 pub(crate) fn keep_headers(mut headers: HeaderMap) {
-    if headers.capacity() > SPARE_HEADERS_CAPACITY_MAX {
+    // Emptied first: removed entries can leave a table reporting less room than it has.
+    headers.clear();
+    if !SPARE_HEADERS_ROOM.contains(&headers.capacity()) {
         return;
     }
-    headers.clear();
     let _ = SPARE_HEADERS.try_with(|spare| {
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_HEADERS_MAX {
