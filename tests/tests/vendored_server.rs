@@ -307,6 +307,13 @@ fn workers_stopped_with_their_system_are_not_started_again() {
         actix_web::rt::System::current().stop();
         // Time for the worker's arbiter to stop, and for a restart had one been asked for.
         actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        // The worker went with its arbiter, and the connection it served with it.
+        let mut rest = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0) | Err(_))),
+            "the worker's connection is still open after System::stop: {closed:?}"
+        );
         handle.stop(false).await;
         let _ = running.await;
     });

@@ -295,7 +295,8 @@ pub(crate) struct ServerWorker {
     /// rondo: after an `accept` error other than a failed connection (e.g. `EMFILE`), the
     /// listeners rest until this fires, as the accept thread's do.
     accept_backoff: Option<Pin<Box<Sleep>>>,
-    /// rondo: a stop was asked for; a worker dropped before that died, and says so.
+    /// rondo: a stop was asked for; a worker dropped before that, while its arbiter runs,
+    /// died, and says so (see `Drop`).
     stop_requested: bool,
 }
 
@@ -743,13 +744,15 @@ struct Shutdown {
 
 impl Drop for ServerWorker {
     fn drop(&mut self) {
-        // rondo: dropped without a stop request while its runtime runs, as when its task
+        // rondo: dropped without a stop request while its arbiter runs, as when its task
         // panicked: have a new worker started (its descriptors close with it, and the accept
-        // thread, which sends it no connections, would not notice). Dropped while no runtime
-        // runs, it is being shut down with its arbiter: by `System::stop`, which a server
-        // stopped by a signal calls, also for the workers of other servers that had no stop
-        // request yet.
-        if !self.stop_requested && tokio::runtime::Handle::try_current().is_ok() {
+        // thread, which sends it no connections, would not notice). Dropped once its arbiter
+        // stopped (its event loop has returned), or outside its runtime's context (as tokio's
+        // `LocalSet` drops what is left when its runtime goes), it is being shut down with its
+        // arbiter: by `System::stop`, which a server stopped by a signal calls, also for the
+        // workers of other servers that had no stop request yet.
+        let arbiter_runs = Arbiter::try_current().is_none_or(|arbiter| arbiter.alive());
+        if !self.stop_requested && arbiter_runs && tokio::runtime::Handle::try_current().is_ok() {
             let inner = &*self.counter.inner;
             inner
                 .waker_queue

@@ -21,9 +21,10 @@ thread_local! {
 /// rondo: how many emptied header tables a thread keeps.
 const SPARE_HEADERS_MAX: usize = 16;
 
-/// rondo: the room (in header names, once emptied) of the tables that are kept: from that of
-/// a new table for 16 headers (28) to 64. An emptier table would only allocate again; one
-/// that grew for a request with many headers (to room for 112 or more) is freed.
+/// rondo: the room (in header names, once emptied) of the tables that are kept: 16 to 64 (a
+/// new table for 16 headers has room for 28, one grown once 56). A table with less room would
+/// only allocate again; one that grew for a request with many headers (to room for 112 or
+/// more) is freed.
 const SPARE_HEADERS_ROOM: std::ops::RangeInclusive<usize> = 16..=64;
 
 /// rondo: an empty header table, a kept one when the thread has one.
