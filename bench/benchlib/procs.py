@@ -101,25 +101,25 @@ def tree(root):
     return pids
 
 
-def cpu_ticks(pids):
-    """{pid: utime + stime in clock ticks} of the `pids` that still exist."""
+def _ticks(pids, field):
+    """{pid: `_read_stat` field `field`} of the `pids` that still exist."""
     out = {}
     for pid in pids:
         stat = _read_stat(pid)
         if stat is not None:
-            out[pid] = stat[2]
+            out[pid] = stat[field]
     return out
+
+
+def cpu_ticks(pids):
+    """{pid: utime + stime in clock ticks} of the `pids` that still exist."""
+    return _ticks(pids, 2)
 
 
 def user_ticks(pids):
     """{pid: utime in clock ticks} of the `pids` that still exist: the user-space share of
     `cpu_ticks`, where changes to the request path show before the kernel's share buries them."""
-    out = {}
-    for pid in pids:
-        stat = _read_stat(pid)
-        if stat is not None:
-            out[pid] = stat[3]
-    return out
+    return _ticks(pids, 3)
 
 
 def cpu_seconds_between(before, after):
