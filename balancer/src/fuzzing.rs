@@ -197,6 +197,16 @@ fn http_request(req: Request) -> HttpRequest {
 fn checked_copy(from: &HeaderMap) -> HeaderMap {
     let mut to = HeaderMap::new();
     proxy::copy_end_to_end(from, &mut to);
+    let mut kept = from.clone();
+    proxy::keep_end_to_end(&mut kept);
+    for name in from.keys() {
+        assert!(
+            kept.get_all(name).eq(to.get_all(name)),
+            "{name}: taken out in place {:?}, copied {:?}",
+            kept.get_all(name).collect::<Vec<_>>(),
+            to.get_all(name).collect::<Vec<_>>()
+        );
+    }
     let named = connection_options(from);
     let stays_behind = |name: &HeaderName| {
         HOP_BY_HOP.contains(&name.as_str())

@@ -62,24 +62,50 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// fixed list and every header the message's `Connection` header names) and the framing
 /// (`Content-Length`, set again from the body) stay behind.
 pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    // Read `Connection` once per message, not once per header; as bytes, so a value with a
-    // non-ASCII byte still names its other tokens.
-    let named: SmallVec<[&[u8]; 4]> = from
+    let named = connection_named(from);
+    for (name, value) in from.iter() {
+        if !stays_behind(name, &named) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Takes out of `headers` what [`copy_end_to_end`] leaves behind, so that the map itself can be
+/// forwarded: a response's headers move to the client's response instead of being copied
+/// (one hashed removal for its `Content-Length`, where a copy took a hashed insert and two
+/// reference counts for every header).
+pub fn keep_end_to_end(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    let leaving: SmallVec<[HeaderName; 4]> = headers
+        .keys()
+        .filter(|name| stays_behind(name, &named))
+        .cloned()
+        .collect();
+    drop(named);
+    for name in leaving {
+        headers.remove(name);
+    }
+}
+
+/// The names a message's `Connection` header lists. Read once per message, not once per
+/// header; as bytes, so a value with a non-ASCII byte still names its other tokens.
+fn connection_named(headers: &HeaderMap) -> SmallVec<[&[u8]; 4]> {
+    headers
         .get_all(header::CONNECTION)
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
-        .collect();
-    for (name, value) in from.iter() {
-        let hop_by_hop = is_hop_by_hop(name)
-            || *name == header::CONTENT_LENGTH
-            || named
-                .iter()
-                .any(|t| name.as_str().as_bytes().eq_ignore_ascii_case(t));
-        if !hop_by_hop {
-            to.append(name.clone(), value.clone());
-        }
-    }
+        .collect()
+}
+
+/// Whether the header `name` stays behind: hop-by-hop, named by `Connection` (`named`), or
+/// `Content-Length`.
+fn stays_behind(name: &HeaderName, named: &[&[u8]]) -> bool {
+    is_hop_by_hop(name)
+        || *name == header::CONTENT_LENGTH
+        || named
+            .iter()
+            .any(|t| name.as_str().as_bytes().eq_ignore_ascii_case(t))
 }
 
 /// The message's `Content-Length`, when it has exactly one valid one.
@@ -463,6 +489,16 @@ mod tests {
         m.get(name).map(|v| v.to_str().unwrap())
     }
 
+    /// Every (name, value) of `m`, sorted by name, each name's values in the map's order.
+    fn pairs(m: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        let mut names: Vec<_> = m.keys().collect();
+        names.sort_by_key(|n| n.as_str());
+        names
+            .into_iter()
+            .flat_map(|n| m.get_all(n).map(|v| (n.to_string(), v.as_bytes().to_vec())))
+            .collect()
+    }
+
     fn policy(trusted: &str, forwarded: bool) -> ForwardingPolicy {
         ForwardingPolicy {
             trusted: Networks(
@@ -481,6 +517,7 @@ mod tests {
     }
 
     /// Hop-by-hop headers, and the ones `Connection` names, are dropped; others are kept in order.
+    /// Taking them out of the map in place leaves the same headers as copying.
     #[test]
     fn copy_drops_hop_by_hop_and_connection_named_headers() {
         let from = map(&[
@@ -496,6 +533,9 @@ mod tests {
         ]);
         let mut to = HeaderMap::new();
         copy_end_to_end(&from, &mut to);
+        let mut kept = from.clone();
+        keep_end_to_end(&mut kept);
+        assert_eq!(pairs(&kept), pairs(&to), "taken out in place as copied");
         // Across names the map has no order; within one name it keeps the order received.
         let mut names: Vec<_> = to
             .iter()
@@ -522,6 +562,8 @@ mod tests {
         copy_end_to_end(&from, &mut to);
         assert!(to.get("x-secret").is_none());
         assert_eq!(get(&to, "x-kept"), Some("2"));
+        keep_end_to_end(&mut from);
+        assert_eq!(pairs(&from), pairs(&to));
     }
 
     /// From an untrusted client every forwarding header it sent is replaced by the balancer's.

@@ -31,8 +31,8 @@ use smallvec::SmallVec;
 use crate::access::Exchange;
 use crate::config::AccessLog;
 use crate::endpoint::{Endpoint, InFlight};
-pub use crate::headers::copy_end_to_end;
 use crate::headers::{self as hdr, ClientSide, ForwardingPolicy, X_REQUEST_ID};
+pub use crate::headers::{copy_end_to_end, keep_end_to_end};
 use crate::health;
 use crate::limits::{self, Exceeded, Fault, GuardedBody, Limits};
 use crate::retry::{self, Failure};
@@ -607,8 +607,12 @@ fn relay(
             None => HttpResponse::with_body(status, BodyStream::new(body)).map_into_boxed_body(),
         }
     };
+    // The endpoint's header map becomes the client's response's (which is empty here), its
+    // hop-by-hop headers taken out: no header is copied.
+    keep_end_to_end(res.headers_mut());
     let headers = response.headers_mut();
-    copy_end_to_end(res.headers(), headers);
+    debug_assert!(headers.is_empty(), "{headers:?}");
+    std::mem::swap(headers, res.headers_mut());
     hdr::add_via(headers, res.version());
     if tries > 1 {
         headers.insert(X_RONDO_TRIES, HeaderValue::from(tries));

@@ -152,6 +152,33 @@ async fn repeated_response_headers_keep_their_order() {
     assert_eq!(unchunked, "hello world", "{body:?}");
 }
 
+/// The endpoint's hop-by-hop headers, and those its `Connection` names, stay behind; its
+/// end-to-end headers reach the client with their values in order, and the length is the
+/// body's own (one `Content-Length`).
+#[actix_web::test]
+async fn response_hop_by_hop_headers_stay_behind() {
+    let response = relayed(
+        "HTTP/1.1 200 OK\r\nConnection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n\
+         Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: a\r\n\
+         Content-Type: text/plain\r\nX-Kept: b\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let lower = head.to_ascii_lowercase();
+    for gone in ["x-secret-hop", "keep-alive:", "proxy-connection"] {
+        assert!(!lower.contains(gone), "{gone} reached the client: {head}");
+    }
+    let kept: Vec<&str> = head
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-kept: "))
+        .collect();
+    assert_eq!(kept, ["a", "b"], "{head}");
+    assert_eq!(raw_header(&response, "content-type"), Some("text/plain"));
+    assert_eq!(lower.matches("content-length: ").count(), 1, "{head}");
+    assert_eq!(raw_header(&response, "content-length"), Some("2"));
+    assert_eq!(body, "ok");
+}
+
 /// An endpoint's response head larger than awc's 1 KiB first read buffer, with more headers
 /// than the decoder indexes without an allocation (16), and a body that starts in the head's
 /// last read and ends in later ones (vendor/README.md): every header arrives with its value

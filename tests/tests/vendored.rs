@@ -10,6 +10,7 @@
 //!   it: heads and bodies larger than that, whole or in pieces, must arrive whole.
 //! - The client codec gives a sent head's header table back for the thread's next request
 //!   head: that head must start empty, whatever the one before carried.
+//! - The client codec writes the request line without `core::fmt`.
 
 use std::time::Duration;
 
@@ -244,6 +245,49 @@ fn head_with(prefix: &str, names: usize) -> RequestHead {
     head.headers
         .insert(HOST, HeaderValue::from_static("example.com"));
     head
+}
+
+/// The request line is the method, the target (path and query, `/` when the URI has none) and
+/// the version, written without `core::fmt`; an extension method is written as it came.
+#[test]
+fn request_lines_name_method_target_and_version() {
+    use actix_http::{Method, Version};
+    actix_rt::System::new().block_on(async {
+        let cases = [
+            (
+                Method::GET,
+                "http://e.test/",
+                Version::HTTP_11,
+                "GET / HTTP/1.1\r\n",
+            ),
+            (
+                Method::from_bytes(b"PURGE").unwrap(),
+                "http://e.test/a/b?c=d&e",
+                Version::HTTP_10,
+                "PURGE /a/b?c=d&e HTTP/1.0\r\n",
+            ),
+            (
+                Method::OPTIONS,
+                "*",
+                Version::HTTP_11,
+                "OPTIONS * HTTP/1.1\r\n",
+            ),
+            (
+                Method::DELETE,
+                "http://e.test",
+                Version::HTTP_11,
+                "DELETE / HTTP/1.1\r\n",
+            ),
+        ];
+        for (method, uri, version, line) in cases {
+            let mut head = RequestHead::default();
+            head.method = method;
+            head.uri = uri.parse().unwrap();
+            head.version = version;
+            let text = encode_head(head);
+            assert!(text.starts_with(line), "{uri}: {text:?}");
+        }
+    });
 }
 
 /// A request head made after another was sent starts with no headers (its table may be the

@@ -66,6 +66,14 @@ impl<S> ClientResponse<S> {
         &self.head().headers
     }
 
+    /// Returns a mutable reference to the response's headers.
+    ///
+    /// rondo: added, so that a proxy can hand the endpoint's header map on instead of copying it.
+    #[inline]
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.head.headers
+    }
+
     /// Map the current body type to another using a closure. Returns a new response.
     ///
     /// Closure receives the response head and the current body type.
