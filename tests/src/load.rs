@@ -512,6 +512,31 @@ pub fn slow_by_send_time(outcomes: &[Outcome], threshold: Duration) -> String {
         .join(" ")
 }
 
+/// Who served the requests at or above `threshold` (their `X-Served-By`; `-` for none), each
+/// with how many of all its requests that was: `b: 3 of 40, a: 1 of 50`, most first. Tells a
+/// fault's own slow requests (one endpoint's) from a stall of the whole machine (all alike).
+pub fn slow_by_server(outcomes: &[Outcome], threshold: Duration) -> String {
+    let mut by = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    for o in outcomes {
+        let name = if o.served_by.is_empty() {
+            "-"
+        } else {
+            &o.served_by
+        };
+        let entry = by.entry(name).or_default();
+        entry.1 += 1;
+        if o.latency >= threshold {
+            entry.0 += 1;
+        }
+    }
+    let mut rows: Vec<_> = by.into_iter().filter(|(_, (slow, _))| *slow > 0).collect();
+    rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
+    rows.iter()
+        .map(|(name, (slow, all))| format!("{name}: {slow} of {all}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `12.3ms`, `1.52s`: a latency for a table.
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
@@ -554,6 +579,28 @@ mod tests {
             "0.1s:1 2.3s:2"
         );
         assert_eq!(slow_by_send_time(&all, Duration::from_millis(10)), "");
+    }
+
+    /// The slow requests are counted per server, most first, with each server's total.
+    #[test]
+    fn slow_requests_by_server() {
+        let by = |who: &str, ms: u64| Outcome {
+            served_by: who.into(),
+            ..outcome(ms, 200)
+        };
+        let all = [
+            by("a", 9),
+            by("b", 9),
+            by("b", 8),
+            by("a", 1),
+            by("c", 1),
+            by("", 9),
+        ];
+        assert_eq!(
+            slow_by_server(&all, Duration::from_millis(8)),
+            "b: 2 of 2, -: 1 of 1, a: 1 of 2"
+        );
+        assert_eq!(slow_by_server(&all, Duration::from_millis(10)), "");
     }
 
     /// Nearest-rank percentiles over 100 latencies 1..=100 ms; failures counted by kind.

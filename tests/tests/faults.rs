@@ -480,6 +480,8 @@ struct Run {
     post_check: Option<PostCheck>,
     /// When the requests at or above the p99 were sent ([`load::slow_by_send_time`]).
     slow: String,
+    /// Who served them ([`load::slow_by_server`]).
+    slow_servers: String,
     notes: Vec<String>,
 }
 
@@ -767,6 +769,7 @@ fn finish_run(
         scenario,
         post,
         slow: load::slow_by_send_time(&outcomes, summary.p99),
+        slow_servers: load::slow_by_server(&outcomes, summary.p99),
         summary,
         took: load_end,
         faults,
@@ -786,8 +789,8 @@ fn finish_run(
         run.summary.failures,
     );
     eprintln!(
-        "[faults] {label}: at or above the p99, by send time: {}",
-        run.slow
+        "[faults] {label}: at or above the p99, by send time: {}; by server: {}",
+        run.slow, run.slow_servers
     );
     run
 }
@@ -898,6 +901,11 @@ fn report(runs: &[Run], settings: &Settings, wall: Duration) -> String {
             out,
             "  - at or above the p99, by send time (count per 100 ms): {}",
             run.slow
+        );
+        let _ = writeln!(
+            out,
+            "  - at or above the p99, by server (of all it served): {}",
+            run.slow_servers
         );
         for note in &run.notes {
             let _ = writeln!(out, "  - note: {note}");
