@@ -365,12 +365,16 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_3 => "3 rondo",
         _ => "1.1 rondo",
     };
-    if !headers.contains_key(header::VIA) {
-        headers.insert(header::VIA, HeaderValue::from_static(hop));
+    // One hashed insert when the message has no `Via` yet (the usual case); the values it
+    // replaced, when there were some, are put back in front of this hop.
+    let mut earlier = headers
+        .insert(header::VIA, HeaderValue::from_static(hop))
+        .peekable();
+    if earlier.peek().is_none() {
         return;
     }
     let mut via = String::new();
-    for v in headers.get_all(header::VIA) {
+    for v in earlier {
         if let Ok(v) = v.to_str() {
             push_list(&mut via, v);
         }
@@ -716,6 +720,21 @@ mod tests {
         assert!(p.trusts(Some("::ffff:172.18.0.5".parse().unwrap())));
         assert!(!p.trusts(Some("172.32.0.1".parse().unwrap())));
         assert!(!p.trusts(None));
+    }
+
+    /// `Via` gets this hop at the end: alone on a message without one, after every earlier
+    /// value, in order, on one that has several.
+    #[test]
+    fn via_gets_this_hop_after_the_earlier_ones() {
+        let mut none = HeaderMap::new();
+        add_via(&mut none, Version::HTTP_11);
+        assert_eq!(pairs(&none), [("via".into(), b"1.1 rondo".to_vec())]);
+
+        let mut two = map(&[("via", "1.0 a"), ("via", "1.1 b, 2 c"), ("x-other", "1")]);
+        add_via(&mut two, Version::HTTP_10);
+        let vias: Vec<_> = two.get_all(header::VIA).collect();
+        assert_eq!(vias, ["1.0 a, 1.1 b, 2 c, 1.0 rondo"]);
+        assert_eq!(get(&two, "x-other"), Some("1"));
     }
 
     /// A Host without a port gives port 80; HTTP/1.0 requests get a `1.0` Via entry.
