@@ -10,7 +10,8 @@
 //!   it: heads and bodies larger than that, whole or in pieces, must arrive whole.
 //! - The client codec gives a sent head's header table back for the thread's next request
 //!   head: that head must start empty, whatever the one before carried.
-//! - The client codec writes the request line without `core::fmt`.
+//! - The client codec writes the request line without `core::fmt`, and leaves room in a
+//!   decoded response head's header map for the two headers a proxy adds.
 
 use std::time::Duration;
 
@@ -247,6 +248,34 @@ fn head_with(prefix: &str, names: usize) -> RequestHead {
     head
 }
 
+/// A decoded response head has room for two headers more than it came with (a proxy adds
+/// `Via` and `X-Request-Id` to the map it hands on), so adding them does not grow it.
+#[test]
+fn response_heads_have_room_for_two_more_headers() {
+    use actix_codec::Decoder;
+    use actix_http::header::{HeaderName, HeaderValue};
+    // The default codec's configuration has a date service, which runs on an actix runtime.
+    actix_rt::System::new().block_on(async {
+        for n in [0, 3, 7, 14] {
+            let headers: String = (0..n).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+            let text = format!("HTTP/1.1 204 No Content\r\n{headers}\r\n");
+            let mut buf = BytesMut::from(text.as_str());
+            let mut head = ClientCodec::default()
+                .decode(&mut buf)
+                .expect("a response head")
+                .expect("a whole head");
+            assert_eq!(head.headers.len(), n);
+            let room = head.headers.capacity();
+            assert!(room >= n + 2, "{n} headers, room for {room}");
+            for name in ["via", "x-request-id"] {
+                head.headers
+                    .insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+            }
+            assert_eq!(head.headers.capacity(), room, "{n} headers: the map grew");
+        }
+    });
+}
+
 /// The request line is the method, the target (path and query, `/` when the URI has none) and
 /// the version, written without `core::fmt`; an extension method is written as it came.
 #[test]
@@ -277,6 +306,13 @@ fn request_lines_name_method_target_and_version() {
                 "http://e.test",
                 Version::HTTP_11,
                 "DELETE / HTTP/1.1\r\n",
+            ),
+            // An authority alone has no path and query at all.
+            (
+                Method::GET,
+                "e.test:80",
+                Version::HTTP_11,
+                "GET / HTTP/1.1\r\n",
             ),
         ];
         for (method, uri, version, line) in cases {
