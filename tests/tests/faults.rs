@@ -6,12 +6,12 @@
 //! over 64 keep-alive connections at a steady rate. The two balancers take every scenario
 //! together, each with its own load and its own Docker commands, on one clock, so that what
 //! else the machine does (the Docker commands themselves above all) lands on both alike: with
-//! the balancers taking turns, those bursts decided which of the two had the lower p99. Both
-//! deployments run without Docker's health checks (`tests/compose/faults.yml`; neither balancer
-//! reads them, and the suite sees for itself that each serves from all three backends before a
-//! scenario): each check is a `docker exec`, a machine-wide burst of CPU that slowed every
-//! request of both loads for 100-300 ms every few seconds, so that the checks, not the faults,
-//! set both p99s. They share the rate (`RONDO_FAULTS_RATE`, 2,000/s in all by default: 1,000/s
+//! the balancers taking turns, whichever load a burst of slow requests fell on had the higher
+//! p99. Both deployments run without Docker's health checks (`tests/compose/faults.yml`; neither
+//! balancer reads them, and the suite sees for itself that each serves from all three backends
+//! before a scenario): each check is a `docker exec`, a machine-wide burst of CPU that slowed
+//! every request of both loads for 100-300 ms every few seconds, so that the checks, not the
+//! faults, set both p99s. They share the rate (`RONDO_FAULTS_RATE`, 2,000/s in all by default: 1,000/s
 //! each, so a scenario lasts 20 s, and the Docker commands act while the load runs):
 //!
 //! 1. `stop`: `docker compose stop server2` at 2 s, `start server2` 3 s later;
@@ -259,7 +259,13 @@ impl Deployment {
             panic!("{}: docker compose {up:?} failed:\n{out}", kind.name());
         }
         eprintln!("[faults] {}: up in {:.0?}", kind.name(), started.elapsed());
-        Deployment { kind, project }
+        let deployment = Deployment { kind, project };
+        // `up -d` waits for nothing: a deployment that does not serve from all three backends
+        // fails the suite here (and is torn down), as `up --wait` made it do.
+        if let Some(note) = deployment.settle() {
+            panic!("{}: the deployment does not serve: {note}", kind.name());
+        }
+        deployment
     }
 
     fn addr(&self) -> SocketAddr {
@@ -299,10 +305,14 @@ impl Deployment {
         {
             return Some(format!("settle: docker compose up failed: {out}"));
         }
-        let wanted: BTreeSet<String> = ["server1", "server2", "server3"]
-            .iter()
-            .flat_map(|s| self.hostnames(s))
-            .collect();
+        let mut wanted = BTreeSet::new();
+        for service in ["server1", "server2", "server3"] {
+            let running = self.hostnames(service);
+            if running.is_empty() {
+                return Some(format!("settle: {service} has no running container"));
+            }
+            wanted.extend(running);
+        }
         let started = Instant::now();
         let mut recent: Vec<(u16, String)> = Vec::new();
         loop {
