@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use actix_web::http::header::HeaderValue;
 use actix_web::http::{Method, StatusCode, Version};
 use actix_web::HttpRequest;
 use log::info;
@@ -48,8 +49,13 @@ struct Entry {
 }
 
 impl Exchange {
-    /// Starts following `req` (whose id is `id`).
-    pub fn new(req: &HttpRequest, id: &str, totals: &Arc<Totals>, format: AccessLog) -> Self {
+    /// Starts following `req` (whose id is `id`; read as text only for the access log).
+    pub fn new(
+        req: &HttpRequest,
+        id: &HeaderValue,
+        totals: &Arc<Totals>,
+        format: AccessLog,
+    ) -> Self {
         let entry = (format != AccessLog::Off).then(|| {
             Box::new(Entry {
                 format,
@@ -58,7 +64,7 @@ impl Exchange {
                 method: req.method().clone(),
                 target: req.uri().to_string(),
                 version: req.version(),
-                id: id.to_string(),
+                id: id.to_str().unwrap_or("-").to_string(),
                 endpoint: None,
                 tries: 0,
                 upstream_time: None,

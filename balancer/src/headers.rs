@@ -229,6 +229,7 @@ pub struct ForwardingPolicy {
 
 /// `X-Forwarded-Port` when `Host` names no port.
 const PORT_80: HeaderValue = HeaderValue::from_static("80");
+const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 
 impl ForwardingPolicy {
     /// Whether a request from `peer` comes from a trusted proxy.
@@ -276,7 +277,7 @@ impl ForwardingPolicy {
         }
 
         if !(trusted && sent.proto) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO, PROTO_HTTP);
         }
         if !(trusted && sent.host) {
             set_value(headers, X_FORWARDED_HOST, client.host.cloned(), sent.host);
@@ -358,18 +359,23 @@ fn set_value(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValu
 
 /// Appends this hop, `1.1 rondo` (or the version spoken), to the message's `Via`.
 pub fn add_via(headers: &mut HeaderMap, version: Version) {
+    // Constants, so that the values are checked when compiling: `from_static` called at run
+    // time checks every byte of its text, every time.
+    const VIA_09: HeaderValue = HeaderValue::from_static("0.9 rondo");
+    const VIA_10: HeaderValue = HeaderValue::from_static("1.0 rondo");
+    const VIA_11: HeaderValue = HeaderValue::from_static("1.1 rondo");
+    const VIA_2: HeaderValue = HeaderValue::from_static("2 rondo");
+    const VIA_3: HeaderValue = HeaderValue::from_static("3 rondo");
     let hop = match version {
-        Version::HTTP_09 => "0.9 rondo",
-        Version::HTTP_10 => "1.0 rondo",
-        Version::HTTP_2 => "2 rondo",
-        Version::HTTP_3 => "3 rondo",
-        _ => "1.1 rondo",
+        Version::HTTP_09 => VIA_09,
+        Version::HTTP_10 => VIA_10,
+        Version::HTTP_2 => VIA_2,
+        Version::HTTP_3 => VIA_3,
+        _ => VIA_11,
     };
     // One hashed insert when the message has no `Via` yet (the usual case); the values it
     // replaced, when there were some, are put back in front of this hop.
-    let mut earlier = headers
-        .insert(header::VIA, HeaderValue::from_static(hop))
-        .peekable();
+    let mut earlier = headers.insert(header::VIA, hop.clone()).peekable();
     if earlier.peek().is_none() {
         return;
     }
@@ -379,7 +385,7 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
             push_list(&mut via, v);
         }
     }
-    push_list(&mut via, hop);
+    push_list(&mut via, hop.to_str().expect("an ASCII constant"));
     set_or_remove(headers, header::VIA, &via);
 }
 

@@ -262,7 +262,7 @@ pub async fn forward(
     let id = hdr::request_id(req.headers());
     let mut exchange = Some(Exchange::new(
         &req,
-        id.to_str().unwrap_or("-"),
+        &id,
         &forwarding.totals,
         forwarding.access_log,
     ));

@@ -110,8 +110,9 @@ pub fn check(head: &RequestHead) -> Result<(), Rejection> {
     let host = match head.headers.get(header::HOST) {
         None => None,
         Some(value) => {
-            let host = value
-                .to_str()
+            // `valid_host` takes visible ASCII only, so this is `to_str` without its own pass
+            // over the bytes.
+            let host = std::str::from_utf8(value.as_bytes())
                 .ok()
                 .filter(|h| valid_host(h))
                 .ok_or_else(|| {

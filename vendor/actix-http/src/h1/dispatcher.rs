@@ -14,10 +14,7 @@ use bitflags::bitflags;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_core::ready;
 use pin_project_lite::pin_project;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::sleep_until,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder as _, Encoder as _};
 use tracing::{debug, error, info, trace};
 
@@ -466,7 +463,7 @@ where
 
         if let Some(deadline) = this.config.client_disconnect_deadline() {
             this.shutdown_timer
-                .set_and_init(cx, sleep_until(deadline.into()), line!());
+                .set_and_init(cx, deadline.into(), line!());
             true
         } else {
             false
@@ -1118,41 +1115,39 @@ where
     ) -> Result<(), DispatchError> {
         let this = self.as_mut().project();
 
-        if let TimerState::Active { timer } = this.head_timer {
-            if timer.as_mut().poll(cx).is_ready() {
-                // timeout on first request (slow request) return 408
+        if this.head_timer.poll_expired(cx) {
+            // timeout on first request (slow request) return 408
 
-                trace!("timed out on slow request; replying with 408 and closing connection");
+            trace!("timed out on slow request; replying with 408 and closing connection");
 
-                let peer = *self.as_mut().project().peer_addr;
-                let (res, body) = own_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "no complete request head arrived within RONDO_CLIENT_TIMEOUT",
-                    peer,
-                );
-                if self
-                    .as_mut()
-                    .send_error_response(res, BoxBody::new(body.clone()))
-                    .is_ok()
-                {
-                    // rondo: the connection shuts down next, before the body would be polled
-                    // from the state: write it now.
-                    let mut this = self.as_mut().project();
-                    let _ = this.codec.encode(Message::Chunk(Some(body)), this.write_buf);
-                    let _ = this.codec.encode(Message::Chunk(None), this.write_buf);
-                    this.state.set(State::None);
-                }
-
-                self.project().flags.insert(Flags::SHUTDOWN);
+            let peer = *self.as_mut().project().peer_addr;
+            let (res, body) = own_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "no complete request head arrived within RONDO_CLIENT_TIMEOUT",
+                peer,
+            );
+            if self
+                .as_mut()
+                .send_error_response(res, BoxBody::new(body.clone()))
+                .is_ok()
+            {
+                // rondo: the connection shuts down next, before the body would be polled
+                // from the state: write it now.
+                let mut this = self.as_mut().project();
+                let _ = this.codec.encode(Message::Chunk(Some(body)), this.write_buf);
+                let _ = this.codec.encode(Message::Chunk(None), this.write_buf);
+                this.state.set(State::None);
             }
-        };
+
+            self.project().flags.insert(Flags::SHUTDOWN);
+        }
 
         Ok(())
     }
 
     fn poll_ka_timer(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Result<(), DispatchError> {
         let this = self.as_mut().project();
-        if let TimerState::Active { timer } = this.ka_timer {
+        if matches!(this.ka_timer, TimerState::Active { .. }) {
             debug_assert!(
                 this.flags.contains(Flags::KEEP_ALIVE),
                 "keep-alive flag should be set when timer is active",
@@ -1174,7 +1169,7 @@ where
             // );
 
             // keep-alive timer has timed out
-            if timer.as_mut().poll(cx).is_ready() {
+            if this.ka_timer.poll_expired(cx) {
                 // no tasks at hand
                 trace!("timer timed out; closing connection");
                 this.flags.insert(Flags::SHUTDOWN);
@@ -1182,7 +1177,7 @@ where
                 if let Some(deadline) = this.config.client_disconnect_deadline() {
                     // start shutdown timeout if enabled
                     this.shutdown_timer
-                        .set_and_init(cx, sleep_until(deadline.into()), line!());
+                        .set_and_init(cx, deadline.into(), line!());
                 } else {
                     // no shutdown timeout, drop socket
                     this.flags.insert(Flags::WRITE_DISCONNECT);
@@ -1198,13 +1193,13 @@ where
         cx: &mut Context<'_>,
     ) -> Result<(), DispatchError> {
         let this = self.as_mut().project();
-        if let TimerState::Active { timer } = this.shutdown_timer {
+        if matches!(this.shutdown_timer, TimerState::Active { .. }) {
             debug_assert!(
                 this.flags.intersects(Flags::LINGER | Flags::SHUTDOWN),
                 "shutdown or linger flag should be set when timer is active",
             );
 
-            if timer.as_mut().poll(cx).is_ready() {
+            if this.shutdown_timer.poll_expired(cx) {
                 if this.flags.contains(Flags::LINGER) {
                     trace!("timed-out during linger; shutting down connection");
                     this.flags.remove(Flags::LINGER);
@@ -1448,7 +1443,7 @@ where
                         if let Some(deadline) = inner.config.client_request_deadline() {
                             inner.as_mut().project().head_timer.set_and_init(
                                 cx,
-                                sleep_until(deadline.into()),
+                                deadline.into(),
                                 line!(),
                             );
                         }
@@ -1475,11 +1470,18 @@ where
                             PollResponse::DoNothing => {
                                 // KEEP_ALIVE is set in send_response_inner if client allows it
                                 // FINISHED is set after writing last chunk of response
-                                if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED) {
+                                // rondo: and the timer is set once, when the response is done:
+                                // this branch runs on every poll of an idle connection, and
+                                // setting it again on each (as actix-http did) moved the
+                                // deadline on with every wake-up, which the lazily set timer
+                                // (`timer.rs`) causes itself.
+                                if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED)
+                                    && !matches!(inner.ka_timer, TimerState::Active { .. })
+                                {
                                     if let Some(timer) = inner.config.keep_alive_deadline() {
                                         inner.as_mut().project().ka_timer.set_and_init(
                                             cx,
-                                            sleep_until(timer.into()),
+                                            timer.into(),
                                             line!(),
                                         );
                                     }
@@ -1604,7 +1606,7 @@ where
                         if let Some(deadline) = inner_p.config.client_request_deadline() {
                             inner_p
                                 .head_timer
-                                .set_and_init(cx, sleep_until(deadline.into()), line!());
+                                .set_and_init(cx, deadline.into(), line!());
                         }
                     }
 

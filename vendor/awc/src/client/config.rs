@@ -3,6 +3,9 @@ use std::{net::IpAddr, time::Duration};
 const DEFAULT_H2_CONN_WINDOW: u32 = 1024 * 1024 * 2; // 2MB
 const DEFAULT_H2_STREAM_WINDOW: u32 = 1024 * 1024; // 1MB
 
+/// rondo: the `limit` that means none (`Connector::limit(0)`): the pool then takes no permits.
+pub(crate) const UNLIMITED: usize = u32::MAX as usize;
+
 /// Connector configuration
 #[derive(Clone)]
 pub(crate) struct ConnectorConfig {

@@ -370,7 +370,7 @@ where
     /// The default limit size is 100.
     pub fn limit(mut self, limit: usize) -> Self {
         if limit == 0 {
-            self.config.limit = u32::MAX as usize;
+            self.config.limit = super::config::UNLIMITED;
         } else {
             self.config.limit = limit;
         }

@@ -24,22 +24,61 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    config::ConnectorConfig,
+    config::{ConnectorConfig, UNLIMITED},
     connection::{ConnectionInnerType, ConnectionIo, ConnectionType, H2ConnectionInner},
     error::ConnectError,
     h2proto::handshake,
     Connect,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+// rondo: a key carries its hash, computed once when a request takes a connection and used
+// again when it gives it back. `Authority` hashes byte by byte (each byte lowercased and fed to
+// the hasher apart), and the pool looked a key up twice per request; the hash is now of the
+// lowercased authority fed whole. Keys stay equal exactly when their authorities are (ASCII
+// case ignored, as `Authority`'s own `Eq`).
+#[derive(Debug, Clone)]
 pub struct Key {
     authority: Authority,
+    hash: u64,
 }
 
 impl From<Authority> for Key {
     fn from(authority: Authority) -> Key {
-        Key { authority }
+        let hash = hash_authority(authority.as_str().as_bytes());
+        Key { authority, hash }
     }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        // The same bytes (as a request's key and the pool's, made from one endpoint's URI, have)
+        // compare whole; `Authority`'s `Eq` lowercases byte by byte.
+        self.hash == other.hash
+            && (self.authority.as_str() == other.authority.as_str()
+                || self.authority == other.authority)
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hash of an authority with its ASCII letters lowercased, so that authorities equal to
+/// `Authority`'s `Eq` hash alike.
+fn hash_authority(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+
+    let mut hasher = foldhash::fast::FixedState::default().build_hasher();
+    if bytes.iter().any(u8::is_ascii_uppercase) {
+        hasher.write(&bytes.to_ascii_lowercase());
+    } else {
+        hasher.write(bytes);
+    }
+    hasher.finish()
 }
 
 /// Connections pool to reuse I/O per [`Authority`].
@@ -179,14 +218,22 @@ where
             };
 
             // acquire an owned permit and carry it with connection
-            let permit = Arc::clone(&inner.permits)
-                .acquire_owned()
-                .await
-                .map_err(|_| {
-                    ConnectError::Io(io::Error::other(
-                        "Failed to acquire semaphore on client connection pool",
-                    ))
-                })?;
+            // rondo: none without a limit (`limit(0)`), which takes no permit from the
+            // semaphore and gives none back: about 300 instructions per request.
+            let permit = if inner.config.limit >= UNLIMITED {
+                None
+            } else {
+                Some(
+                    Arc::clone(&inner.permits)
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| {
+                            ConnectError::Io(io::Error::other(
+                                "Failed to acquire semaphore on client connection pool",
+                            ))
+                        })?,
+                )
+            };
 
             let conn = {
                 let mut conn = None;
@@ -352,7 +399,7 @@ where
     /// handle to connection pool.
     inner: ConnectionPoolInner<Io>,
     /// permit for limit concurrent in-flight connection for a Client object.
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<Io: ConnectionIo> Acquired<Io> {
@@ -365,16 +412,19 @@ impl<Io: ConnectionIo> Acquired<Io> {
     pub(super) fn release(&self, conn: ConnectionInnerType<Io>, created: Instant) {
         let Acquired { key, inner, .. } = self;
 
-        inner
-            .available
-            .borrow_mut()
-            .entry(key.clone())
-            .or_insert_with(VecDeque::new)
-            .push_back(PooledConnection {
-                conn,
-                created,
-                used: Instant::now(),
-            });
+        let pooled = PooledConnection {
+            conn,
+            created,
+            used: Instant::now(),
+        };
+        // rondo: the key is cloned only for an authority the pool has not seen.
+        let mut available = inner.available.borrow_mut();
+        match available.get_mut(key) {
+            Some(conns) => conns.push_back(pooled),
+            None => {
+                available.insert(key.clone(), VecDeque::from([pooled]));
+            }
+        }
 
         let _ = &self.permit;
     }
