@@ -110,8 +110,8 @@ pub fn check(head: &RequestHead) -> Result<(), Rejection> {
     let host = match head.headers.get(header::HOST) {
         None => None,
         Some(value) => {
-            // `valid_host` takes visible ASCII only, so this is `to_str` without its own pass
-            // over the bytes.
+            // `valid_host` takes visible ASCII only, so `from_utf8`'s word-at-a-time check
+            // serves for `to_str`'s byte-by-byte one.
             let host = std::str::from_utf8(value.as_bytes())
                 .ok()
                 .filter(|h| valid_host(h))

@@ -320,31 +320,35 @@ async fn idle_connections_close_after_the_keepalive_timeout() {
 /// A busy connection's keep-alive deadline moves on with every response: requests 250 ms apart
 /// for 3 s against a 1 s timeout are all answered on one connection, though the keep-alive
 /// timer (set again lazily, vendor/README.md) fires at deadlines long past; once idle, the
-/// connection is closed after the timeout, not before.
+/// connection is closed after the timeout, not before. Only lower bounds on the time to the
+/// close are checked (a loaded machine can only make the close later): at least 1 s after the
+/// last request was sent.
 #[actix_web::test]
 async fn a_busy_connections_keepalive_deadline_moves_with_each_response() {
     const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     let (_b, lb) = balancer_with(|c| c.keepalive_timeout = Duration::from_secs(1)).await;
     let mut conn = TcpStream::connect(lb.addrs()[0]).await.unwrap();
+    let mut last_sent = std::time::Instant::now();
     for i in 0..12 {
+        last_sent = std::time::Instant::now();
         conn.write_all(REQUEST).await.unwrap();
         let response = read_response(&mut conn).await;
         assert_eq!(status_of(&response), "200", "request {i}: {response}");
         assert!(
             !closed_within(&mut conn, Duration::from_millis(250)).await,
-            "closed 250 ms after request {i}, within the 1 s keep-alive timeout"
+            "closed within 250 ms of the response to request {i}: before the 1 s keep-alive \
+             timeout"
         );
     }
-    let idle = std::time::Instant::now();
     assert!(
         closed_within(&mut conn, Duration::from_secs(3)).await,
-        "the connection outlived the 1 s keep-alive timeout by 2 s"
+        "the connection outlived the 1 s keep-alive timeout by more than 2 s"
     );
-    let closed_after = idle.elapsed();
+    let closed_after = last_sent.elapsed();
     assert!(
-        closed_after >= Duration::from_millis(500),
-        "closed {closed_after:?} after the last check, 250 ms after the last response: before \
-         the 1 s keep-alive timeout"
+        closed_after >= Duration::from_secs(1),
+        "closed {closed_after:?} after the last request was sent: before the 1 s keep-alive \
+         timeout"
     );
 }
 

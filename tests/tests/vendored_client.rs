@@ -1,9 +1,12 @@
 //! The vendored awc's connection pool changes (vendor/README.md) that rondo's other tests
-//! cannot see:
+//! cannot see. Both held before the change too (awc's own key was `Authority`, which ignores
+//! case, and `limit(0)` meant `u32::MAX` permits); they guard the new code, and fail with a key
+//! hashed without lowercasing and with a limit of 100 respectively:
 //!
 //! - A pool key carries its hash, computed once from the lowercased authority: authorities
 //!   that differ only in case share pooled connections (as `Authority`'s `Eq` makes them
-//!   equal), and different authorities do not.
+//!   equal), and different authorities do not. (The authorities are IPv4-mapped IPv6
+//!   addresses, the one way to write 127.0.0.1 with letters: the test needs IPv6 sockets.)
 //! - A pool without a limit (`Connector::limit(0)`, as rondo builds its clients) takes no
 //!   permits: it opens as many connections as requests wait, past awc's default limit of 100.
 

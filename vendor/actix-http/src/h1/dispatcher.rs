@@ -1119,6 +1119,9 @@ where
             // timeout on first request (slow request) return 408
 
             trace!("timed out on slow request; replying with 408 and closing connection");
+            // rondo: once. A fired timer stays ready, and each poll while the 408 waits to be
+            // written (a client that does not read) wrote another.
+            self.as_mut().project().head_timer.clear(line!());
 
             let peer = *self.as_mut().project().peer_addr;
             let (res, body) = own_error(
@@ -1172,6 +1175,9 @@ where
             if this.ka_timer.poll_expired(cx) {
                 // no tasks at hand
                 trace!("timer timed out; closing connection");
+                // rondo: once. A fired timer stays ready, and each poll set the shutdown timer
+                // below anew, so it never ran out.
+                this.ka_timer.clear(line!());
                 this.flags.insert(Flags::SHUTDOWN);
 
                 if let Some(deadline) = this.config.client_disconnect_deadline() {
@@ -1467,28 +1473,8 @@ where
                         let drain = match inner.as_mut().poll_response(cx)? {
                             PollResponse::DrainWriteBuf => true,
 
-                            PollResponse::DoNothing => {
-                                // KEEP_ALIVE is set in send_response_inner if client allows it
-                                // FINISHED is set after writing last chunk of response
-                                // rondo: and the timer is set once, when the response is done:
-                                // this branch runs on every poll of an idle connection, and
-                                // setting it again on each (as actix-http did) moved the
-                                // deadline on with every wake-up, which the lazily set timer
-                                // (`timer.rs`) causes itself.
-                                if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED)
-                                    && !matches!(inner.ka_timer, TimerState::Active { .. })
-                                {
-                                    if let Some(timer) = inner.config.keep_alive_deadline() {
-                                        inner.as_mut().project().ka_timer.set_and_init(
-                                            cx,
-                                            timer.into(),
-                                            line!(),
-                                        );
-                                    }
-                                }
-
-                                false
-                            }
+                            // rondo: the keep-alive timer is set after the flush below.
+                            PollResponse::DoNothing => false,
 
                             // upgrade request and goes Upgrade variant of DispatcherState.
                             PollResponse::Upgrade(req) => {
@@ -1522,6 +1508,26 @@ where
                     if inner.flags.contains(Flags::WRITE_DISCONNECT) {
                         trace!("client is gone; disconnecting");
                         return Poll::Ready(Ok(()));
+                    }
+
+                    // KEEP_ALIVE is set in send_response_inner if client allows it
+                    // FINISHED is set after writing last chunk of response
+                    // rondo: and the keep-alive timer is set once, when the response has been
+                    // written out (as nginx starts `keepalive_timeout`). actix-http set it when
+                    // the last chunk was in the write buffer, and again on every poll of an idle
+                    // connection, which moved the deadline on with every wake-up; with the
+                    // lazily set timer (`timer.rs`) its own early firings are such wake-ups.
+                    if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED)
+                        && inner.write_buf.is_empty()
+                        && !matches!(inner.ka_timer, TimerState::Active { .. })
+                    {
+                        if let Some(timer) = inner.config.keep_alive_deadline() {
+                            inner
+                                .as_mut()
+                                .project()
+                                .ka_timer
+                                .set_and_init(cx, timer.into(), line!());
+                        }
                     }
 
                     let inner_p = inner.as_mut().project();

@@ -39,7 +39,8 @@ impl TimerState {
         matches!(self, Self::Active { .. } | Self::Inactive { .. })
     }
 
-    /// Runs the timer until `deadline`, and registers `cx`'s waker for it.
+    /// Runs the timer until `deadline`, and polls it with `cx` (which registers `cx`'s waker,
+    /// and puts a new `Sleep` in the wheel).
     pub(super) fn set_and_init(&mut self, cx: &mut Context<'_>, deadline: Instant, line: u32) {
         let kept = match std::mem::replace(self, Self::Disabled) {
             Self::Disabled => {
@@ -49,20 +50,18 @@ impl TimerState {
             Self::Inactive { spare } => spare,
             Self::Active { timer, .. } => Some(timer),
         };
-        let timer = match kept {
-            // The entry fires no later than `deadline` and wakes this task: leave it.
+        let mut timer = match kept {
+            // The entry fires no later than `deadline`: its place in the wheel stays.
             Some(timer) if !timer.is_elapsed() && timer.deadline() <= deadline => timer,
             Some(mut timer) => {
                 timer.as_mut().reset(deadline);
-                let _ = timer.as_mut().poll(cx);
                 timer
             }
-            None => {
-                let mut timer = Box::pin(sleep_until(deadline));
-                let _ = timer.as_mut().poll(cx);
-                timer
-            }
+            None => Box::pin(sleep_until(deadline)),
         };
+        // Also a kept timer: a `Sleep` goes into the wheel on its first poll that tokio's
+        // cooperative budget lets through, and the poll that made this one may not have been.
+        let _ = timer.as_mut().poll(cx);
         *self = Self::Active { timer, deadline };
     }
 
