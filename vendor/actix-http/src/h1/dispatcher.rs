@@ -1513,12 +1513,14 @@ where
                     // KEEP_ALIVE is set in send_response_inner if client allows it
                     // FINISHED is set after writing last chunk of response
                     // rondo: and the keep-alive timer is set once, when the response has been
-                    // written out (as nginx starts `keepalive_timeout`). actix-http set it when
-                    // the last chunk was in the write buffer, and again on every poll of an idle
-                    // connection, which moved the deadline on with every wake-up; with the
+                    // written out (as nginx starts `keepalive_timeout`) and no part of a next
+                    // head waits in the read buffer (the head timer's case). actix-http set it
+                    // when the last chunk was in the write buffer, and again on every poll of an
+                    // idle connection, which moved the deadline on with every wake-up; with the
                     // lazily set timer (`timer.rs`) its own early firings are such wake-ups.
                     if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED)
                         && inner.write_buf.is_empty()
+                        && inner.read_buf.is_empty()
                         && !matches!(inner.ka_timer, TimerState::Active { .. })
                     {
                         if let Some(timer) = inner.config.keep_alive_deadline() {

@@ -61,7 +61,15 @@ impl TimerState {
         };
         // Also a kept timer: a `Sleep` goes into the wheel on its first poll that tokio's
         // cooperative budget lets through, and the poll that made this one may not have been.
-        let _ = timer.as_mut().poll(cx);
+        // One that fires on that poll wakes nothing: set it again for `deadline`, or, when that
+        // has passed too, wake the task so that its timers are looked at.
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            timer.as_mut().reset(deadline);
+        }
         *self = Self::Active { timer, deadline };
     }
 
