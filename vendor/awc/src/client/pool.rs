@@ -101,7 +101,9 @@ where
     Io: AsyncWrite + Unpin + 'static,
 {
     fn new(config: ConnectorConfig) -> Self {
-        let permits = Arc::new(Semaphore::new(config.limit));
+        // rondo: no semaphore without a limit (`limit(0)`): no permit to take and give back per
+        // request, about 300 instructions.
+        let permits = (config.limit < UNLIMITED).then(|| Arc::new(Semaphore::new(config.limit)));
         let available = RefCell::new(HashMap::default());
 
         Self(Rc::new(ConnectionPoolInnerPriv {
@@ -151,7 +153,9 @@ where
         // When strong count is one it means the pool is dropped
         // remove and drop all Io types.
         if Rc::strong_count(&self.0) == 1 {
-            self.permits.close();
+            if let Some(permits) = &self.permits {
+                permits.close();
+            }
             std::mem::take(&mut *self.available.borrow_mut())
                 .into_iter()
                 .for_each(|(_, conns)| {
@@ -171,7 +175,8 @@ where
     // instructions per request (4% of rondo's); with foldhash, acquiring and releasing went from
     // 3.4k to 2.2k (callgrind). The keys are the endpoints rondo itself chose.
     available: RefCell<HashMap<Key, VecDeque<PooledConnection<Io>>, foldhash::fast::RandomState>>,
-    permits: Arc<Semaphore>,
+    /// `None` without a limit.
+    permits: Option<Arc<Semaphore>>,
 }
 
 impl<S, Io> ConnectionPool<S, Io>
@@ -218,21 +223,13 @@ where
             };
 
             // acquire an owned permit and carry it with connection
-            // rondo: none without a limit (`limit(0)`), which takes no permit from the
-            // semaphore and gives none back: about 300 instructions per request.
-            let permit = if inner.config.limit >= UNLIMITED {
-                None
-            } else {
-                Some(
-                    Arc::clone(&inner.permits)
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| {
-                            ConnectError::Io(io::Error::other(
-                                "Failed to acquire semaphore on client connection pool",
-                            ))
-                        })?,
-                )
+            let permit = match &inner.permits {
+                None => None,
+                Some(permits) => Some(Arc::clone(permits).acquire_owned().await.map_err(|_| {
+                    ConnectError::Io(io::Error::other(
+                        "Failed to acquire semaphore on client connection pool",
+                    ))
+                })?),
             };
 
             let conn = {
