@@ -43,13 +43,15 @@ fn descriptors_of(link: &str) -> usize {
         .count()
 }
 
-/// A server on 127.0.0.1 with `workers` workers of `limit` connections each, answering every
+/// A server on 127.0.0.1 with `workers` workers of `limit` connections each (and a graceful
+/// stop that waits `shutdown_timeout` seconds for its connections at most), answering every
 /// request with the name of the worker thread that serves it, but `/die` with `dying`, after
 /// which the worker that next checks its service's readiness panics; its address, its
 /// listening socket's `/proc` link, and its handle.
 fn server(
     workers: usize,
     limit: usize,
+    shutdown_timeout: u64,
 ) -> (
     SocketAddr,
     String,
@@ -81,7 +83,7 @@ fn server(
     .workers(workers)
     .max_connections(limit)
     .disable_signals()
-    .shutdown_timeout(1)
+    .shutdown_timeout(shutdown_timeout)
     .listen(listener)
     .unwrap()
     .run();
@@ -135,7 +137,7 @@ async fn read_response(conn: &mut TcpStream, wait: Duration) -> Option<String> {
 /// more; once stopped, none is left open and the port refuses connections.
 #[actix_web::test]
 async fn each_worker_accepts_on_its_own_descriptor_closed_at_stop() {
-    let (addr, link, handle, running) = server(2, 100);
+    let (addr, link, handle, running) = server(2, 100, 1);
     let mut conn = TcpStream::connect(addr).await.unwrap();
     get(&mut conn, Duration::from_secs(5))
         .await
@@ -163,7 +165,7 @@ async fn each_worker_accepts_on_its_own_descriptor_closed_at_stop() {
 /// and is served once one of them closes.
 #[actix_web::test]
 async fn a_worker_at_its_limit_leaves_connections_to_the_others() {
-    let (addr, _, handle, running) = server(2, 1);
+    let (addr, _, handle, running) = server(2, 1, 1);
     let mut first = TcpStream::connect(addr).await.unwrap();
     let first_worker = get(&mut first, Duration::from_secs(5))
         .await
@@ -250,7 +252,7 @@ where
 /// served by the new one. Bounded: two connections, 15 s.
 #[actix_web::test]
 async fn a_worker_that_dies_is_started_again() {
-    let (addr, _, handle, running) = server(1, 100);
+    let (addr, _, handle, running) = server(1, 100, 1);
     let mut first = TcpStream::connect(addr).await.unwrap();
     let first_worker = get(&mut first, Duration::from_secs(5))
         .await
@@ -322,4 +324,62 @@ fn workers_stopped_with_their_system_are_not_started_again() {
         1,
         "the worker stopped with its system was started again"
     );
+}
+
+/// Reads `conn` until the peer closes it (end of file, or a reset), at most `wait`: what came.
+async fn read_to_close(conn: &mut TcpStream, wait: Duration) -> String {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(wait, async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    assert!(
+        read.is_ok(),
+        "still open after {wait:?}, having sent {text:?}"
+    );
+    text
+}
+
+/// A graceful stop does not close a kept-alive connection under a request that may be on its
+/// way (the vendored actix-http's `DRAIN_IDLE`): a connection idle when the stop begins still
+/// gets one request, answered with `Connection: close`, and is then closed; one that sends
+/// nothing more is closed by the drain's timer (1 s), not left to the shutdown timeout; new
+/// connections are refused from the start. actix-http closed idle connections at once, so a
+/// client's pooled connection could close under its next request.
+#[actix_web::test]
+async fn a_graceful_stop_serves_one_more_request_on_idle_connections() {
+    let (addr, _, handle, running) = server(2, 100, 10);
+    let mut pooled = TcpStream::connect(addr).await.unwrap();
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    for conn in [&mut pooled, &mut quiet] {
+        get(conn, Duration::from_secs(5)).await.expect("served");
+    }
+
+    let stopping = actix_web::rt::spawn(handle.stop(true));
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "a stopping server still accepts connections"
+    );
+
+    pooled
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_to_close(&mut pooled, Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    assert!(
+        response.contains("\r\nconnection: close\r\n"),
+        "no `connection: close`: {response:?}"
+    );
+
+    // Within 4 s: the drain's timer, not the server's shutdown timeout (10 s).
+    let rest = read_to_close(&mut quiet, Duration::from_secs(4)).await;
+    assert_eq!(rest, "", "an idle connection got something while draining");
+    stopping.await.unwrap();
+    running.await.unwrap().unwrap();
 }

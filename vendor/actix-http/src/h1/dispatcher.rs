@@ -40,12 +40,16 @@ const HW_BUFFER_SIZE: usize = 1024 * 8;
 const FIRST_READ_BUFFER_SIZE: usize = 1000;
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
+/// rondo: how long a connection that was idle when the server began a graceful shutdown waits
+/// for one more request (see `Flags::DRAIN_IDLE`).
+const DRAIN_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Write buffer capacity at which we reallocate it after flushing.
 const WRITE_BUFFER_RETENTION_LIMIT: usize = 1024 * 128;
 
 bitflags! {
     #[derive(Debug, Clone, Copy)]
-    pub struct Flags: u8 {
+    pub struct Flags: u16 {
         /// Set when stream is read for first time.
         const STARTED          = 0b0000_0001;
 
@@ -74,6 +78,11 @@ bitflags! {
         /// after the current response finishes. [`LINGER`](Self::LINGER) remains separate and is
         /// used only to close cleanly after a response to an unread request payload.
         const DRAINING         = 0b1000_0000;
+
+        /// rondo: the server drains, and this connection was idle when it began (no request in
+        /// progress): it waits up to [`DRAIN_IDLE_TIMEOUT`] for one more request, which it
+        /// serves with `Connection: close` (becoming [`DRAINING`](Self::DRAINING)).
+        const DRAIN_IDLE       = 0b1_0000_0000;
     }
 }
 
@@ -976,6 +985,13 @@ where
                             // head timer only applies to first request on connection
                             this.head_timer.clear(line!());
 
+                            // rondo: the one request a connection idle when the server began
+                            // to drain still gets; its response closes the connection.
+                            if this.flags.contains(Flags::DRAIN_IDLE) {
+                                this.flags.remove(Flags::DRAIN_IDLE);
+                                this.flags.insert(Flags::DRAINING);
+                            }
+
                             req.head_mut().peer_addr = *this.peer_addr;
 
                             req.conn_data.clone_from(this.conn_data);
@@ -1229,7 +1245,29 @@ where
             .as_mut()
             .is_some_and(|signal| signal.as_mut().poll(cx).is_ready());
 
-        if notified {
+        // rondo: an idle connection (no request in progress or queued) is not closed at once.
+        // A client that keeps a pool of connections (a proxy) may be sending its next request
+        // on it at this moment, and a close that crosses a request on the wire loses it: the
+        // client cannot tell whether it was processed, so a POST fails. The connection waits up
+        // to `DRAIN_IDLE_TIMEOUT` for that request and answers it with `Connection: close`, as
+        // HAProxy's `option idle-close-on-response` does; a head already partly read has the
+        // head timer's deadline. A connection with a request in progress finishes it and
+        // closes, as before.
+        let idle = this.state.is_none()
+            && this.messages.is_empty()
+            && !this
+                .flags
+                .intersects(Flags::SHUTDOWN | Flags::LINGER | Flags::DRAINING);
+        if notified && idle {
+            *this.graceful_shutdown = None;
+            this.flags.insert(Flags::DRAIN_IDLE);
+            if this.read_buf.is_empty() {
+                // the keep-alive timer closes it if nothing comes (see `poll_ka_timer`)
+                this.flags.insert(Flags::KEEP_ALIVE);
+                this.ka_timer
+                    .set_no_later(cx, tokio::time::Instant::now() + DRAIN_IDLE_TIMEOUT, line!());
+            }
+        } else if notified {
             *this.graceful_shutdown = None;
             this.flags.remove(Flags::KEEP_ALIVE);
             this.flags.insert(Flags::DRAINING);
