@@ -45,7 +45,8 @@ fn descriptors_of(link: &str) -> usize {
 
 /// A server on 127.0.0.1 with `workers` workers of `limit` connections each (and a graceful
 /// stop that waits `shutdown_timeout` seconds for its connections at most), answering every
-/// request with the name of the worker thread that serves it, but `/die` with `dying`, after
+/// request with the name of the worker thread that serves it, but `/slow` with `slow` after
+/// 1.5 s, and `/die` with `dying`, after
 /// which the worker that next checks its service's readiness panics; its address, its
 /// listening socket's `/proc` link, and its handle.
 fn server(
@@ -71,6 +72,13 @@ fn server(
                 web::get().to(move || {
                     dying.store(true, Ordering::SeqCst);
                     async { "dying" }
+                }),
+            )
+            .route(
+                "/slow",
+                web::get().to(|| async {
+                    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+                    "slow"
                 }),
             )
             .default_service(web::to(|| async {
@@ -380,6 +388,50 @@ async fn a_graceful_stop_serves_one_more_request_on_idle_connections() {
     // Within 4 s: the drain's timer, not the server's shutdown timeout (10 s).
     let rest = read_to_close(&mut quiet, Duration::from_secs(4)).await;
     assert_eq!(rest, "", "an idle connection got something while draining");
+    stopping.await.unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// A connection opened before a graceful stop whose first request comes after it is served
+/// like a kept-alive one, also when the request takes longer than the drain's 1 s to answer;
+/// of two requests pipelined on an idle connection only the first is answered (with
+/// `Connection: close`), so the client knows the second was not processed.
+#[actix_web::test]
+async fn a_graceful_stop_answers_a_new_connections_first_request_and_no_pipelined_second() {
+    let (addr, _, handle, running) = server(2, 100, 10);
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    let mut pipelining = TcpStream::connect(addr).await.unwrap();
+    get(&mut pipelining, Duration::from_secs(5))
+        .await
+        .expect("served");
+
+    let stopping = actix_web::rt::spawn(handle.stop(true));
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+
+    fresh
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    pipelining
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (slow, pipelined) = tokio::join!(
+        read_to_close(&mut fresh, Duration::from_secs(5)),
+        read_to_close(&mut pipelining, Duration::from_secs(5)),
+    );
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow:?}");
+    assert!(slow.ends_with("\r\n\r\nslow"), "{slow:?}");
+    assert!(slow.contains("\r\nconnection: close\r\n"), "{slow:?}");
+    assert_eq!(
+        pipelined.matches("HTTP/1.1 ").count(),
+        1,
+        "not one response to two pipelined requests: {pipelined:?}"
+    );
+    assert!(
+        pipelined.contains("\r\nconnection: close\r\n"),
+        "{pipelined:?}"
+    );
     stopping.await.unwrap();
     running.await.unwrap().unwrap();
 }

@@ -190,6 +190,8 @@ pin_project! {
         ka_timer: TimerState,
         shutdown_timer: TimerState,
         graceful_shutdown: Option<crate::config::GracefulShutdownFuture>,
+        // rondo: while `DRAIN_IDLE`, when to stop waiting for the connection's last request.
+        drain_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 
         pub(super) io: Option<T>,
         read_buf: BytesMut,
@@ -349,6 +351,7 @@ where
                     ka_timer: TimerState::new(config.keep_alive().enabled()),
                     shutdown_timer: TimerState::new(config.client_disconnect_deadline().is_some()),
                     graceful_shutdown: config.graceful_shutdown(),
+                    drain_timer: None,
 
                     io: Some(io),
                     // rondo: no buffers until the first read and the first response need
@@ -976,6 +979,15 @@ where
 
         // decode from read buf as many full requests as possible
         loop {
+            // rondo: while draining, no request after the one being served (it may have
+            // finished within this loop: a pipelined request behind it stays unread).
+            if this.flags.contains(Flags::DRAINING)
+                && this.state.is_none()
+                && this.payload.is_none()
+            {
+                break;
+            }
+
             match this.codec.decode(this.read_buf) {
                 Ok(Some(msg)) => {
                     updated = true;
@@ -990,6 +1002,7 @@ where
                             if this.flags.contains(Flags::DRAIN_IDLE) {
                                 this.flags.remove(Flags::DRAIN_IDLE);
                                 this.flags.insert(Flags::DRAINING);
+                                *this.drain_timer = None;
                             }
 
                             req.head_mut().peer_addr = *this.peer_addr;
@@ -1245,28 +1258,28 @@ where
             .as_mut()
             .is_some_and(|signal| signal.as_mut().poll(cx).is_ready());
 
-        // rondo: an idle connection (no request in progress or queued) is not closed at once.
-        // A client that keeps a pool of connections (a proxy) may be sending its next request
-        // on it at this moment, and a close that crosses a request on the wire loses it: the
-        // client cannot tell whether it was processed, so a POST fails. The connection waits up
-        // to `DRAIN_IDLE_TIMEOUT` for that request and answers it with `Connection: close`, as
-        // HAProxy's `option idle-close-on-response` does; a head already partly read has the
-        // head timer's deadline. A connection with a request in progress finishes it and
-        // closes, as before.
+        // rondo: an idle connection (no request in progress, queued, or with a body still being
+        // read) is not closed at once. A client that keeps a pool of connections (a proxy) may
+        // be sending its next request on it at this moment, and a close that crosses a request
+        // on the wire loses it: the client cannot tell whether it was processed, so a POST
+        // fails. The connection waits up to `DRAIN_IDLE_TIMEOUT` (or its keep-alive deadline,
+        // when sooner) for that request and answers it with `Connection: close`, as HAProxy's
+        // `option idle-close-on-response` does; a head already partly read waits for the head
+        // timer instead. A connection with a request in progress finishes it and closes, as
+        // before.
         let idle = this.state.is_none()
             && this.messages.is_empty()
+            && this.payload.is_none()
             && !this
                 .flags
                 .intersects(Flags::SHUTDOWN | Flags::LINGER | Flags::DRAINING);
         if notified && idle {
             *this.graceful_shutdown = None;
             this.flags.insert(Flags::DRAIN_IDLE);
-            if this.read_buf.is_empty() {
-                // the keep-alive timer closes it if nothing comes (see `poll_ka_timer`)
-                this.flags.insert(Flags::KEEP_ALIVE);
-                this.ka_timer
-                    .set_no_later(cx, tokio::time::Instant::now() + DRAIN_IDLE_TIMEOUT, line!());
-            }
+            let mut timer = Box::pin(tokio::time::sleep(DRAIN_IDLE_TIMEOUT));
+            // registers the waker; not ready this soon
+            let _ = timer.as_mut().poll(cx);
+            *this.drain_timer = Some(timer);
         } else if notified {
             *this.graceful_shutdown = None;
             this.flags.remove(Flags::KEEP_ALIVE);
@@ -1278,11 +1291,40 @@ where
         }
     }
 
+    /// rondo: closes a connection still idle `DRAIN_IDLE_TIMEOUT` after a graceful shutdown
+    /// began, as an expired keep-alive timer does; one with part of a head read is left to the
+    /// head timer.
+    fn poll_drain_timer(self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        let this = self.project();
+        let Some(timer) = this.drain_timer.as_mut() else {
+            return;
+        };
+        if !this.flags.contains(Flags::DRAIN_IDLE) || !this.read_buf.is_empty() {
+            *this.drain_timer = None;
+            return;
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        trace!("no request while draining; closing connection");
+        *this.drain_timer = None;
+        this.flags.remove(Flags::DRAIN_IDLE | Flags::KEEP_ALIVE);
+        this.ka_timer.clear(line!());
+        this.flags.insert(Flags::SHUTDOWN);
+        if let Some(deadline) = this.config.client_disconnect_deadline() {
+            this.shutdown_timer
+                .set_and_init(cx, deadline.into(), line!());
+        } else {
+            this.flags.insert(Flags::WRITE_DISCONNECT);
+        }
+    }
+
     /// Poll head, keep-alive, and disconnect timer.
     fn poll_timers(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Result<(), DispatchError> {
         self.as_mut().poll_head_timer(cx)?;
         self.as_mut().poll_ka_timer(cx)?;
         self.as_mut().poll_shutdown_timer(cx)?;
+        self.as_mut().poll_drain_timer(cx);
 
         Ok(())
     }

@@ -73,14 +73,6 @@ impl TimerState {
         *self = Self::Active { timer, deadline };
     }
 
-    /// rondo: runs the timer until `deadline`, or leaves it running when it already ends
-    /// sooner.
-    pub(super) fn set_no_later(&mut self, cx: &mut Context<'_>, deadline: Instant, line: u32) {
-        if !matches!(self, Self::Active { deadline: current, .. } if *current <= deadline) {
-            self.set_and_init(cx, deadline, line);
-        }
-    }
-
     pub(super) fn clear(&mut self, line: u32) {
         match std::mem::replace(self, Self::Inactive { spare: None }) {
             Self::Disabled => {
