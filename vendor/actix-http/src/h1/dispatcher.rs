@@ -1258,8 +1258,8 @@ where
             .as_mut()
             .is_some_and(|signal| signal.as_mut().poll(cx).is_ready());
 
-        // rondo: an idle connection (no request in progress, queued, or with a body still being
-        // read) is not closed at once. A client that keeps a pool of connections (a proxy) may
+        // rondo: an idle connection (no request in progress or queued, no body still being read,
+        // no response still being written) is not closed at once. A client that keeps a pool of connections (a proxy) may
         // be sending its next request on it at this moment, and a close that crosses a request
         // on the wire loses it: the client cannot tell whether it was processed, so a POST
         // fails. The connection waits up to `DRAIN_IDLE_TIMEOUT` (or its keep-alive deadline,
@@ -1270,6 +1270,7 @@ where
         let idle = this.state.is_none()
             && this.messages.is_empty()
             && this.payload.is_none()
+            && this.write_buf.is_empty()
             && !this
                 .flags
                 .intersects(Flags::SHUTDOWN | Flags::LINGER | Flags::DRAINING);
@@ -1292,22 +1293,38 @@ where
     }
 
     /// rondo: closes a connection still idle `DRAIN_IDLE_TIMEOUT` after a graceful shutdown
-    /// began, as an expired keep-alive timer does; one with part of a head read is left to the
-    /// head timer.
-    fn poll_drain_timer(self: Pin<&mut Self>, cx: &mut Context<'_>) {
-        let this = self.project();
+    /// began, as an expired keep-alive timer does. One with part of a head read is left to the
+    /// head timer, one already closing to its own timers, and a request that reached the socket
+    /// since the last read is read and served, not closed under.
+    fn poll_drain_timer(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), DispatchError> {
+        let this = self.as_mut().project();
         let Some(timer) = this.drain_timer.as_mut() else {
-            return;
+            return Ok(());
         };
-        if !this.flags.contains(Flags::DRAIN_IDLE) || !this.read_buf.is_empty() {
+        if !this.flags.contains(Flags::DRAIN_IDLE)
+            || this.flags.intersects(Flags::SHUTDOWN | Flags::LINGER)
+            || !this.read_buf.is_empty()
+        {
             *this.drain_timer = None;
-            return;
+            return Ok(());
         }
         if timer.as_mut().poll(cx).is_pending() {
-            return;
+            return Ok(());
+        }
+        *this.drain_timer = None;
+
+        let disconnected = self.as_mut().read_available(cx)?;
+        let this = self.as_mut().project();
+        if !this.read_buf.is_empty() {
+            return Ok(());
+        }
+        if disconnected {
+            this.flags.insert(Flags::READ_DISCONNECT);
         }
         trace!("no request while draining; closing connection");
-        *this.drain_timer = None;
         this.flags.remove(Flags::DRAIN_IDLE | Flags::KEEP_ALIVE);
         this.ka_timer.clear(line!());
         this.flags.insert(Flags::SHUTDOWN);
@@ -1317,6 +1334,7 @@ where
         } else {
             this.flags.insert(Flags::WRITE_DISCONNECT);
         }
+        Ok(())
     }
 
     /// Poll head, keep-alive, and disconnect timer.
@@ -1324,7 +1342,7 @@ where
         self.as_mut().poll_head_timer(cx)?;
         self.as_mut().poll_ka_timer(cx)?;
         self.as_mut().poll_shutdown_timer(cx)?;
-        self.as_mut().poll_drain_timer(cx);
+        self.as_mut().poll_drain_timer(cx)?;
 
         Ok(())
     }
