@@ -9,6 +9,10 @@
 //! - A worker that dies is started again, and serves the connection that waited meanwhile;
 //!   one stopped with the whole system (`System::stop`, as a server stopped by a signal calls)
 //!   is not.
+//! - (The vendored actix-http's change to graceful shutdown, tested here with the same server.)
+//!   A connection idle when a graceful stop begins still gets one request, answered with
+//!   `Connection: close`, and a request pipelined behind it stays unanswered; one that sends
+//!   nothing is closed after a second.
 //!
 //! rondo's own tests run everything else through it: `limits.rs` (the limit with one worker),
 //! `balancer/tests/binary.rs` (a SIGTERM refuses new connections at once; out of descriptors

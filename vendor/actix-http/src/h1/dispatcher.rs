@@ -1258,15 +1258,15 @@ where
             .as_mut()
             .is_some_and(|signal| signal.as_mut().poll(cx).is_ready());
 
-        // rondo: an idle connection (no request in progress or queued, no body still being read,
-        // no response still being written) is not closed at once. A client that keeps a pool of connections (a proxy) may
-        // be sending its next request on it at this moment, and a close that crosses a request
-        // on the wire loses it: the client cannot tell whether it was processed, so a POST
-        // fails. The connection waits up to `DRAIN_IDLE_TIMEOUT` (or its keep-alive deadline,
-        // when sooner) for that request and answers it with `Connection: close`, as HAProxy's
-        // `option idle-close-on-response` does; a head already partly read waits for the head
-        // timer instead. A connection with a request in progress finishes it and closes, as
-        // before.
+        // rondo: an idle connection (no request in progress or queued, no body still being
+        // read, no response still being written) is not closed at once. A client that keeps a
+        // pool of connections (a proxy) may be sending its next request on it at this moment,
+        // and a close that crosses a request on the wire loses it: the client cannot tell
+        // whether it was processed, so a POST fails. The connection waits up to
+        // `DRAIN_IDLE_TIMEOUT` (or its keep-alive deadline, when sooner) for that request and
+        // answers it with `Connection: close`, as HAProxy's `option idle-close-on-response`
+        // does; a head already partly read waits for the head timer instead. A connection with
+        // a request in progress finishes it and closes, as before.
         let idle = this.state.is_none()
             && this.messages.is_empty()
             && this.payload.is_none()
