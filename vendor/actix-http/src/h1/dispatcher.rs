@@ -1204,23 +1204,30 @@ where
             if this.ka_timer.poll_expired(cx) {
                 // no tasks at hand
                 trace!("timer timed out; closing connection");
-                // rondo: once. A fired timer stays ready, and each poll set the shutdown timer
-                // below anew, so it never ran out.
-                this.ka_timer.clear(line!());
-                this.flags.insert(Flags::SHUTDOWN);
-
-                if let Some(deadline) = this.config.client_disconnect_deadline() {
-                    // start shutdown timeout if enabled
-                    this.shutdown_timer
-                        .set_and_init(cx, deadline.into(), line!());
-                } else {
-                    // no shutdown timeout, drop socket
-                    this.flags.insert(Flags::WRITE_DISCONNECT);
-                }
+                self.close_idle(cx);
             }
         }
 
         Ok(())
+    }
+
+    /// Starts closing a connection with nothing in progress: after an expired keep-alive timer,
+    /// or (rondo) a drain's second without a request.
+    fn close_idle(self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        let this = self.project();
+        // rondo: the keep-alive timer is cleared, once. A fired timer stayed ready, and each
+        // poll set the shutdown timer below anew, so it never ran out.
+        this.ka_timer.clear(line!());
+        this.flags.insert(Flags::SHUTDOWN);
+
+        if let Some(deadline) = this.config.client_disconnect_deadline() {
+            // start shutdown timeout if enabled
+            this.shutdown_timer
+                .set_and_init(cx, deadline.into(), line!());
+        } else {
+            // no shutdown timeout, drop socket
+            this.flags.insert(Flags::WRITE_DISCONNECT);
+        }
     }
 
     fn poll_shutdown_timer(
@@ -1257,6 +1264,9 @@ where
             .graceful_shutdown
             .as_mut()
             .is_some_and(|signal| signal.as_mut().poll(cx).is_ready());
+        if !notified {
+            return;
+        }
 
         // rondo: an idle connection (no request in progress or queued, no body still being
         // read, no response still being written) is not closed at once. A client that keeps a
@@ -1274,15 +1284,14 @@ where
             && !this
                 .flags
                 .intersects(Flags::SHUTDOWN | Flags::LINGER | Flags::DRAINING);
-        if notified && idle {
-            *this.graceful_shutdown = None;
+        *this.graceful_shutdown = None;
+        if idle {
             this.flags.insert(Flags::DRAIN_IDLE);
             let mut timer = Box::pin(tokio::time::sleep(DRAIN_IDLE_TIMEOUT));
             // registers the waker; not ready this soon
             let _ = timer.as_mut().poll(cx);
             *this.drain_timer = Some(timer);
-        } else if notified {
-            *this.graceful_shutdown = None;
+        } else {
             this.flags.remove(Flags::KEEP_ALIVE);
             this.flags.insert(Flags::DRAINING);
 
@@ -1326,14 +1335,7 @@ where
         }
         trace!("no request while draining; closing connection");
         this.flags.remove(Flags::DRAIN_IDLE | Flags::KEEP_ALIVE);
-        this.ka_timer.clear(line!());
-        this.flags.insert(Flags::SHUTDOWN);
-        if let Some(deadline) = this.config.client_disconnect_deadline() {
-            this.shutdown_timer
-                .set_and_init(cx, deadline.into(), line!());
-        } else {
-            this.flags.insert(Flags::WRITE_DISCONNECT);
-        }
+        self.close_idle(cx);
         Ok(())
     }
 
