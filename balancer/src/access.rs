@@ -49,12 +49,14 @@ struct Entry {
 }
 
 impl Exchange {
-    /// Starts following `req` (whose id is `id`; read as text only for the access log).
+    /// Starts following `req` (whose id is `id`; read as text only for the access log), which
+    /// arrived at `arrived`.
     pub fn new(
         req: &HttpRequest,
         id: &HeaderValue,
         totals: &Arc<Totals>,
         format: AccessLog,
+        arrived: Instant,
     ) -> Self {
         let entry = (format != AccessLog::Off).then(|| {
             Box::new(Entry {
@@ -71,7 +73,7 @@ impl Exchange {
             })
         });
         Exchange {
-            arrived: Instant::now(),
+            arrived,
             totals: totals.clone(),
             status: None,
             bytes: 0,

@@ -173,10 +173,13 @@ impl ProxyError {
     /// as nginx does after a 400.
     fn closes_connection(&self) -> bool {
         match self {
-            // As nginx closes after 408, 413, 414 and a head too large: the request's body
-            // was not read, or not to its end, so the next bytes on the connection are not a
-            // request.
-            ProxyError::Limit(_) | ProxyError::ClientBody(_) | ProxyError::Rejected { .. } => true,
+            // As nginx closes after 400, 408, 413, 414 and a head too large: the request's
+            // body was not read, or not to its end, so the next bytes on the connection are
+            // not a request.
+            ProxyError::Limit(_)
+            | ProxyError::ClientBody(_)
+            | ProxyError::Rejected { .. }
+            | ProxyError::Unforwardable(_) => true,
             _ => false,
         }
     }
@@ -259,14 +262,25 @@ pub async fn forward(
     forwarding: web::Data<Forwarding>,
     clients: web::Data<Clients>,
 ) -> HttpResponse {
+    let arrived = Instant::now();
     let id = hdr::request_id(req.headers());
     let mut exchange = Some(Exchange::new(
         &req,
         &id,
         &forwarding.totals,
         forwarding.access_log,
+        arrived,
     ));
-    let res = match try_forward(&req, payload, &forwarding, &clients, &id, &mut exchange).await {
+    let forwarded = try_forward(
+        &req,
+        payload,
+        &forwarding,
+        &clients,
+        &id,
+        &mut exchange,
+        arrived,
+    );
+    let res = match forwarded.await {
         Ok(mut res) => {
             res.headers_mut().insert(X_REQUEST_ID, id);
             res
@@ -291,8 +305,8 @@ async fn try_forward(
     clients: &Clients,
     id: &HeaderValue,
     exchange: &mut Option<Exchange>,
+    arrived: Instant,
 ) -> Result<HttpResponse, ProxyError> {
-    let arrived = Instant::now();
     screen::screen(req)?;
     if !req.uri().path().starts_with('/') {
         // `OPTIONS *` (asterisk form) and the like: there is no path to send to an endpoint.
@@ -318,7 +332,9 @@ async fn try_forward(
     let mut tried: SmallVec<[Arc<Endpoint>; 4]> = SmallVec::new();
     let mut last_error = None;
     loop {
-        let Some(pick) = forwarding.selector.select(&tried) else {
+        // One reading of the clock for the pick's stall check and the try's timing.
+        let sent_at = Instant::now();
+        let Some(pick) = forwarding.selector.select_at(&tried, sent_at) else {
             return Err(nothing_left(forwarding, last_error));
         };
         if let Some(failed) = tried.last() {
@@ -328,7 +344,6 @@ async fn try_forward(
         tried.push(endpoint.clone());
         let in_flight = endpoint.start_request();
 
-        let sent_at = Instant::now();
         // A streamed body may take minutes to upload, and the endpoint owes no answer until
         // it has it all: such a try is not watched for stalls.
         let waiting = body.replayable().then(|| endpoint.watch().wait(sent_at));

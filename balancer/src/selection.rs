@@ -177,7 +177,13 @@ impl RoundRobin {
     /// Chooses the endpoint for one try: see [`Rotation::select_healthy`]. Logs once when
     /// requests start finding no healthy endpoint, and once when they find one again.
     pub fn select(&self, tried: &[Arc<Endpoint>]) -> Option<Pick> {
-        let stall = stall::Check::at(Instant::now(), self.passive.stall_after);
+        self.select_at(tried, Instant::now())
+    }
+
+    /// [`Self::select`] with the time already read (`now`), for a caller that needs it too:
+    /// the forwarding path times the try from the same moment.
+    pub fn select_at(&self, tried: &[Arc<Endpoint>], now: Instant) -> Option<Pick> {
+        let stall = stall::Check::at(now, self.passive.stall_after);
         let pick = self
             .current
             .load()

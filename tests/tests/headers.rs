@@ -73,6 +73,64 @@ async fn trusted_proxy_headers_are_appended_and_request_id_kept() {
     assert_eq!(values(&seen, "via"), ["1.1 rondo"]);
 }
 
+/// A request without content reaches the endpoint without `Content-Length` unless its method
+/// anticipates content (POST, PUT, PATCH: `Content-Length: 0`), as RFC 9110 §8.6 asks of a user
+/// agent, and without a `Date` of the balancer's making; the health probe's `GET` too.
+#[actix_web::test]
+async fn requests_without_content_get_no_content_length_or_date() {
+    let b = start_backend("echo", "b");
+    let lb = start_balancer(&config_for(&[b.addr.to_string()]), DnsResolver).await;
+    let addr = lb.addrs()[0];
+    for (method, framing, length) in [
+        ("GET", "", None),
+        ("DELETE", "", None),
+        ("OPTIONS", "", None),
+        ("GET", "Content-Length: 0\r\n", Some("0")),
+        ("POST", "", Some("0")),
+        ("PUT", "", Some("0")),
+        ("POST", "Content-Length: 0\r\n", Some("0")),
+    ] {
+        let response = raw_exchange(
+            addr,
+            &format!("{method} /echo HTTP/1.1\r\nHost: x\r\n{framing}Connection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{method}: {response}");
+        let seen = echo_headers(body_of(&response));
+        let want: Vec<String> = length.into_iter().map(String::from).collect();
+        assert_eq!(
+            values(&seen, "content-length"),
+            want,
+            "{method} with {framing:?}: {seen:?}"
+        );
+        assert!(values(&seen, "date").is_empty(), "{method}: {seen:?}");
+    }
+
+    let upstream = rondo_tests::raw::RecordingUpstream::start();
+    let mut config = config_for(&[upstream.addr.to_string()]);
+    config.health_interval = std::time::Duration::from_millis(100);
+    let _probed = start_balancer(&config, DnsResolver).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let probe = loop {
+        let received = upstream.received();
+        if let Some(first) = received
+            .iter()
+            .find(|r| r.bytes.windows(4).any(|w| w == b"\r\n\r\n"))
+        {
+            break String::from_utf8_lossy(&first.bytes).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health probe within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(probe.starts_with("GET /health HTTP/1.1\r\n"), "{probe}");
+    let head = probe.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(!head.contains("\r\ncontent-length:"), "{probe}");
+    assert!(!head.contains("\r\ndate:"), "{probe}");
+}
+
 /// Without a client id the balancer makes one; the endpoint and the client see the same one,
 /// and an untrusted client's `Forwarded` header does not reach the endpoint.
 #[actix_web::test]

@@ -808,8 +808,9 @@ async fn send(addr: std::net::SocketAddr, bytes: Vec<u8>) -> Exchange {
         .expect("the raw client thread")
 }
 
-/// Every corpus case gets its statuses (each refusal with its reason and request id), nothing
-/// ambiguous reaches the upstream, and a new client is served after each.
+/// Every corpus case gets its statuses (each refusal with its reason and request id, each 400
+/// and 431 with `Connection: close`), nothing ambiguous reaches the upstream, and a new client
+/// is served after each.
 #[actix_web::test]
 async fn hostile_requests_are_refused_or_normalized_and_never_smuggled() {
     let upstream = RecordingUpstream::start();
@@ -833,6 +834,24 @@ async fn hostile_requests_are_refused_or_normalized_and_never_smuggled() {
             if !(body.starts_with("rondo: ") && body.contains("request id: ")) {
                 wrong.push(format!(
                     "a {} without reason and id: {body:?}",
+                    refusal.status
+                ));
+            }
+        }
+        // The connection closes after each of these, and the response says so (as nginx's
+        // do), so a client does not send another request into the close.
+        for refusal in got
+            .responses
+            .iter()
+            .filter(|r| [400, 431].contains(&r.status))
+        {
+            let connection = refusal
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("connection"));
+            if !connection.is_some_and(|(_, value)| value.eq_ignore_ascii_case("close")) {
+                wrong.push(format!(
+                    "a {} with connection {connection:?}, not close",
                     refusal.status
                 ));
             }

@@ -72,6 +72,7 @@ async fn long_targets_and_large_heads_are_refused() {
     )
     .await;
     assert_eq!(status_of(&response), "431", "{response}");
+    assert_eq!(raw_header(&response, "connection"), Some("close"));
 
     let response = raw_exchange(
         addr,
@@ -145,6 +146,7 @@ async fn stalled_clients_get_408() {
     let response = raw_exchange(lb.addrs()[0], "GET / HTTP/1.1\r\nHost: x\r\n").await;
     assert_eq!(status_of(&response), "408", "{response}");
     assert!(response.contains("RONDO_CLIENT_TIMEOUT"), "{response}");
+    assert_eq!(raw_header(&response, "connection"), Some("close"));
     assert!(response.contains("request id: "), "{response}");
     // Not before the timeout: actix-http counted it from a clock that lags by up to 500 ms.
     assert!(
@@ -378,6 +380,7 @@ async fn unfinished_head_on_a_kept_alive_connection_gets_408() {
     let rest = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(status_of(&rest), "408", "{rest}");
     assert!(rest.contains("RONDO_CLIENT_TIMEOUT"), "{rest}");
+    assert_eq!(raw_header(&rest, "connection"), Some("close"), "{rest}");
 
     // Pipelined: both in one write; the first is answered, then 408 for the second.
     let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -391,4 +394,5 @@ async fn unfinished_head_on_a_kept_alive_connection_gets_408() {
         .find("HTTP/1.1 408")
         .unwrap_or_else(|| panic!("no 408: {all}"))..];
     assert!(second.contains("RONDO_CLIENT_TIMEOUT"), "{all}");
+    assert_eq!(raw_header(second, "connection"), Some("close"), "{all}");
 }

@@ -284,7 +284,22 @@ impl RequestSender {
         timeout: Option<Duration>,
         config: &ClientConfig,
     ) -> SendClientRequest {
-        self.send_body(addr, response_decompress, timeout, config, ())
+        // rondo: no `Content-Length: 0` on a request without content whose method does not
+        // anticipate any (GET, HEAD, DELETE, OPTIONS, ...): RFC 9110 §8.6 says a user agent
+        // SHOULD NOT send one. POST, PUT and PATCH keep it ("even when the value is 0").
+        let method = match &self {
+            RequestSender::Owned(head) => &head.method,
+            RequestSender::Rc(head, _) => &head.method,
+        };
+        if matches!(
+            *method,
+            actix_http::Method::POST | actix_http::Method::PUT | actix_http::Method::PATCH
+        ) {
+            self.send_body(addr, response_decompress, timeout, config, ())
+        } else {
+            let none = actix_http::body::None::new();
+            self.send_body(addr, response_decompress, timeout, config, none)
+        }
     }
 
     fn set_header_if_none<V>(&mut self, key: HeaderName, value: V) -> Result<(), HttpError>

@@ -239,6 +239,10 @@ fn own_error(
         status.as_u16()
     );
     let mut res = Response::with_body(status, ());
+    // The connection closes after every one of these: say so, as nginx does, so that a client
+    // does not send its next request into the close.
+    res.head_mut()
+        .set_connection_type(crate::ConnectionType::Close);
     let headers = res.headers_mut();
     headers.insert(
         crate::header::CONTENT_TYPE,

@@ -239,7 +239,10 @@ pub(crate) trait MessageType: Sized {
             dst.advance_mut(pos);
         }
 
-        if !has_date {
+        // rondo: responses only. A request's `Date` tells the server nothing it needs (RFC 9110
+        // §6.6.1: a user agent generally does not send one), and awc sent one with every
+        // request.
+        if !has_date && self.status().is_some() {
             // optimized date header, write_date_header writes its own \r\n
             config.write_date_header(dst, camel_case);
         }
