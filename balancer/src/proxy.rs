@@ -174,8 +174,8 @@ impl ProxyError {
     fn closes_connection(&self) -> bool {
         match self {
             // As nginx closes after 400, 408, 413, 414 and a head too large: the request's
-            // body was not read, or not to its end, so the next bytes on the connection are
-            // not a request.
+            // body may not have been read, or not to its end, so the next bytes on the
+            // connection may not be a request.
             ProxyError::Limit(_)
             | ProxyError::ClientBody(_)
             | ProxyError::Rejected { .. }
@@ -325,6 +325,7 @@ async fn try_forward(
             &clients.upgrades,
             id,
             exchange,
+            arrived,
         ))
         .await;
     }

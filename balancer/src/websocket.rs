@@ -128,8 +128,8 @@ pub async fn forward(
     client: &awc::Client,
     id: &HeaderValue,
     exchange: &mut Option<Exchange>,
+    arrived: Instant,
 ) -> Result<HttpResponse, ProxyError> {
-    let arrived = Instant::now();
     if let Err(err) = ws::verify_handshake(req.head()) {
         return Err(ProxyError::Unforwardable(format!(
             "not a valid WebSocket handshake: {err}"

@@ -354,6 +354,22 @@ async fn a_busy_connections_keepalive_deadline_moves_with_each_response() {
     );
 }
 
+/// Reads from `stream` until what arrived so far satisfies `done`, for at most 5 s; `what` names
+/// it in the failure.
+async fn read_until(stream: &mut TcpStream, what: &str, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut got = Vec::new();
+    while !done(&got) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 5 s"))
+            .expect("read");
+        assert!(n > 0, "closed before {what}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 /// A head that never ends on a kept-alive connection gets 408 from the head timeout too, like
 /// a first request's, whether it follows an answered request or came pipelined behind one.
 #[actix_web::test]
@@ -366,16 +382,10 @@ async fn unfinished_head_on_a_kept_alive_connection_gets_408() {
     // After an answered request: the first response, then the partial head.
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(first.as_bytes()).await.expect("write");
-    let mut buf = vec![0u8; 16 << 10];
-    let mut got = Vec::new();
-    while !String::from_utf8_lossy(&got).contains("Server 1") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("the first response within 5 s")
-            .expect("read");
-        assert!(n > 0, "closed before the first response");
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut stream, "the first response", |got| {
+        String::from_utf8_lossy(got).contains("Server 1")
+    })
+    .await;
     stream.write_all(partial.as_bytes()).await.expect("write");
     let rest = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(status_of(&rest), "408", "{rest}");
@@ -395,4 +405,46 @@ async fn unfinished_head_on_a_kept_alive_connection_gets_408() {
         .unwrap_or_else(|| panic!("no 408: {all}"))..];
     assert!(second.contains("RONDO_CLIENT_TIMEOUT"), "{all}");
     assert_eq!(raw_header(second, "connection"), Some("close"), "{all}");
+}
+
+/// After a `HEAD` on a connection, the answer to the next request when that one cannot be read
+/// (400) or never ends (408) carries its body and a length that fits it: it answers that
+/// request, not the `HEAD`.
+#[actix_web::test]
+async fn refusals_after_a_head_request_carry_their_body() {
+    let (_b, lb) = balancer_with(|c| c.client_timeout = Duration::from_millis(300)).await;
+    let addr = lb.addrs()[0];
+    for (next, status, reason) in [
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+            "400",
+            "malformed request",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\n",
+            "408",
+            "RONDO_CLIENT_TIMEOUT",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        // The HEAD's answer is a head alone.
+        let got = read_until(&mut stream, "the HEAD's answer", |got| {
+            got.windows(4).any(|w| w == b"\r\n\r\n")
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert_eq!(status_of(&text), "200", "{text}");
+        let after_head = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+        stream.write_all(next.as_bytes()).await.expect("write");
+        let refusal = after_head + &read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert_eq!(status_of(&refusal), status, "{refusal}");
+        let body = refusal.split_once("\r\n\r\n").expect("a whole head").1;
+        assert!(body.contains(reason), "{status} after a HEAD: {refusal:?}");
+        let length = raw_header(&refusal, "content-length").expect("a length");
+        assert_eq!(length, body.len().to_string(), "{refusal:?}");
+    }
 }

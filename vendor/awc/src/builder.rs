@@ -161,7 +161,8 @@ where
 
     /// Do not add fundamental default request headers.
     ///
-    /// By default `Date` and `User-Agent` headers are set.
+    /// By default a `User-Agent` header is set. (rondo: and no `Date`: actix-http writes none
+    /// into requests.)
     pub fn no_default_headers(mut self) -> Self {
         self.fundamental_headers = false;
         self

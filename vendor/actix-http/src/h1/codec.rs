@@ -103,6 +103,12 @@ impl Codec {
     pub fn config(&self) -> &ServiceConfig {
         &self.config
     }
+
+    /// rondo: the next response answers no request that was read (the dispatcher's 408 for a
+    /// head that never ended): it carries its body, whatever the last request's method was.
+    pub(crate) fn answer_unread_request(&mut self) {
+        self.flags.remove(Flags::HEAD);
+    }
 }
 
 impl Decoder for Codec {
@@ -119,7 +125,11 @@ impl Decoder for Codec {
                 }
                 None => None,
             })
-        } else if let Some((req, payload)) = self.decoder.decode(src)? {
+        } else if let Some((req, payload)) = self.decoder.decode(src).inspect_err(|_| {
+            // rondo: what answers a request that could not be read (400, 431) answers that
+            // request, not the last one read: with its body, also after a `HEAD`.
+            self.flags.remove(Flags::HEAD);
+        })? {
             let head = req.head();
             self.flags.set(Flags::HEAD, head.method == Method::HEAD);
             self.version = head.version;

@@ -1157,6 +1157,7 @@ where
             self.as_mut().project().head_timer.clear(line!());
 
             let peer = *self.as_mut().project().peer_addr;
+            self.as_mut().project().codec.answer_unread_request();
             let (res, body) = own_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "no complete request head arrived within RONDO_CLIENT_TIMEOUT",
