@@ -448,3 +448,27 @@ async fn refusals_after_a_head_request_carry_their_body() {
         assert_eq!(length, body.len().to_string(), "{refusal:?}");
     }
 }
+
+/// A `HEAD` and an unreadable request sent in one write: the `HEAD`, still waiting for its
+/// endpoint when the second head fails, is answered without a body, then the 400 with its.
+#[actix_web::test]
+async fn a_pipelined_head_keeps_its_bodiless_answer_before_a_refusal() {
+    let (_b, lb) = balancer_with(|_| {}).await;
+    let mut stream = TcpStream::connect(lb.addrs()[0]).await.expect("connect");
+    stream
+        .write_all(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let (head, rest) = all.split_once("\r\n\r\n").expect("the HEAD's answer");
+    assert_eq!(status_of(head), "200", "{all:?}");
+    assert!(raw_header(head, "content-length").is_some(), "{all:?}");
+    // Nothing between the HEAD's head and the next response: no body for the HEAD.
+    assert_eq!(status_of(rest), "400", "{all:?}");
+    let body = rest.split_once("\r\n\r\n").expect("a whole 400").1;
+    assert!(body.contains("malformed request"), "{all:?}");
+    let length = raw_header(rest, "content-length").expect("a length");
+    assert_eq!(length, body.len().to_string(), "{all:?}");
+}

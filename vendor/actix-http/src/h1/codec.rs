@@ -104,8 +104,11 @@ impl Codec {
         &self.config
     }
 
-    /// rondo: the next response answers no request that was read (the dispatcher's 408 for a
-    /// head that never ended): it carries its body, whatever the last request's method was.
+    /// rondo: the next response answers no request that was read (the dispatcher's 400 or 431
+    /// for a head it could not read, its 408 for a head that never ended): it carries its
+    /// body, whatever the last request's method was. Called when that response is about to be
+    /// written, not when the error is found: a `HEAD` read before it may still be waiting for
+    /// its own response, which must go out without a body.
     pub(crate) fn answer_unread_request(&mut self) {
         self.flags.remove(Flags::HEAD);
     }
@@ -125,11 +128,7 @@ impl Decoder for Codec {
                 }
                 None => None,
             })
-        } else if let Some((req, payload)) = self.decoder.decode(src).inspect_err(|_| {
-            // rondo: what answers a request that could not be read (400, 431) answers that
-            // request, not the last one read: with its body, also after a `HEAD`.
-            self.flags.remove(Flags::HEAD);
-        })? {
+        } else if let Some((req, payload)) = self.decoder.decode(src)? {
             let head = req.head();
             self.flags.set(Flags::HEAD, head.method == Method::HEAD);
             self.version = head.version;

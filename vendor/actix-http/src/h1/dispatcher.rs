@@ -687,6 +687,10 @@ where
 
                     // handle error message
                     Some(DispatcherMessage::Error(res, body)) => {
+                        // rondo: it answers a request that could not be read, whatever the
+                        // method of the last one that could (every response queued before it
+                        // has been written by now).
+                        self.as_mut().project().codec.answer_unread_request();
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
