@@ -197,6 +197,11 @@ impl Endpoint {
         lock(&self.active).verdict()
     }
 
+    /// Whether an active probe has ever passed (a new endpoint enters on its first pass).
+    pub fn passed_a_probe(&self) -> bool {
+        lock(&self.active).passed_once()
+    }
+
     /// Records one active probe result.
     pub fn observe_probe(&self, result: Result<(), String>, policy: &ActivePolicy) -> Option<Flip> {
         let mut active = lock(&self.active);

@@ -6,7 +6,9 @@
 //!   endpoint out for `fail_timeout`, after which one trial request decides whether it returns.
 //! - **Active** (HAProxy's `check` with `rise`/`fall`): `GET <path>` every interval; `fall`
 //!   failed probes in a row take the endpoint out, `rise` good ones bring it back. A new endpoint
-//!   enters once its first probe passes; until then it is probed every 200 ms.
+//!   enters once its first probe passes, also after failed ones have reported it down: a replica
+//!   that Docker's DNS names before its server listens fails a few probes while it starts. For
+//!   its first 10 s, until that first pass, it is probed every 200 ms.
 //!
 //! Both are pure state machines ([`PassiveState`], [`ActiveState`]) that are told an outcome
 //! and the time, and report a [`Flip`] only when the verdict changed; the caller logs flips.
@@ -189,6 +191,9 @@ pub struct ActiveState {
     /// Probes in a row whose result goes against the verdict (failures of an `Up` or `Unknown`
     /// endpoint, passes of a `Down` one).
     streak: u32,
+    /// Whether a probe has ever passed: until one has, the endpoint is new, and its first pass
+    /// brings it in whatever failures came before.
+    passed_once: bool,
 }
 
 impl ActiveState {
@@ -197,16 +202,24 @@ impl ActiveState {
         self.verdict
     }
 
+    /// Whether any probe has passed yet.
+    pub fn passed_once(&self) -> bool {
+        self.passed_once
+    }
+
     /// Records one probe result (`Err` carries the reason) and reports a flip, if any.
     ///
-    /// `Unknown` goes `Up` on its first pass and `Down` after `fall` failures; `Up` goes `Down`
-    /// after `fall` failures in a row; `Down` goes `Up` after `rise` passes in a row.
+    /// The first pass ever brings the endpoint `Up`, from `Unknown` or from a `Down` that only
+    /// failed probes of a starting replica caused. Otherwise `Unknown` goes `Down` after `fall`
+    /// failures; `Up` goes `Down` after `fall` failures in a row; `Down` goes `Up` after `rise`
+    /// passes in a row.
     pub fn observe(&mut self, result: Result<(), String>, policy: &ActivePolicy) -> Option<Flip> {
         let (passed, reason) = match result {
             Ok(()) => (true, String::new()),
             Err(reason) => (false, reason),
         };
-        if self.verdict == Verdict::Unknown && passed {
+        if passed && !self.passed_once {
+            self.passed_once = true;
             self.streak = 0;
             self.verdict = Verdict::Up;
             return Some(Flip::Up("first probe passed".into()));
@@ -292,8 +305,13 @@ pub async fn probe(
     }
 }
 
-/// How often an endpoint that has never passed a probe is probed.
+/// How often an endpoint that has never passed a probe is probed, during its first
+/// [`NEW_ENDPOINT_WINDOW`].
 const NEW_ENDPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long a new endpoint is probed every [`NEW_ENDPOINT_INTERVAL`] while no probe passes;
+/// then, not to flood a backend that fails its checks from the start, at the interval.
+const NEW_ENDPOINT_WINDOW: Duration = Duration::from_secs(10);
 
 /// How often the prober looks for endpoints that discovery added or removed.
 const RESYNC: Duration = Duration::from_millis(100);
@@ -348,14 +366,17 @@ async fn probe_loop(
     policy: Arc<ActivePolicy>,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let discovered = Instant::now();
     loop {
         let result = probe(&client, &endpoint, &policy).await;
         if let Some(flip) = endpoint.observe_probe(result, &policy) {
             log_flip(&endpoint, "active", &flip);
         }
-        // Until its first good probe a new endpoint is probed every 200 ms (or the interval, if
-        // shorter), so a replica that was still starting at its first probe joins soon after.
-        let wait = if endpoint.active_verdict() == Verdict::Unknown {
+        // Until its first good probe, for at most 10 s, a new endpoint is probed every 200 ms (or
+        // at the interval, if shorter), so a replica still starting at its first probes joins
+        // soon after its server listens.
+        let new = !endpoint.passed_a_probe() && discovered.elapsed() < NEW_ENDPOINT_WINDOW;
+        let wait = if new {
             policy.interval.min(NEW_ENDPOINT_INTERVAL)
         } else {
             policy.interval
@@ -524,6 +545,31 @@ mod tests {
         assert_eq!(s.observe(Ok(()), &p), None);
         assert_eq!(s.observe(Err("x".into()), &p), None);
         assert_eq!(s.observe(Ok(()), &p), None);
+        assert!(matches!(s.observe(Ok(()), &p), Some(Flip::Up(_))));
+    }
+
+    /// A new endpoint whose first probes fail (a replica still starting) is reported down after
+    /// `fall` of them, and still enters on its first pass; after that, `rise` passes are needed.
+    #[test]
+    fn a_new_endpoint_down_from_its_first_probes_enters_on_its_first_pass() {
+        let p = active(2, 2);
+        let mut s = ActiveState::default();
+        s.observe(Err("refused".into()), &p);
+        assert!(matches!(
+            s.observe(Err("refused".into()), &p),
+            Some(Flip::Down(_))
+        ));
+        assert!(!s.passed_once());
+        let flip = s.observe(Ok(()), &p);
+        assert!(
+            matches!(&flip, Some(Flip::Up(r)) if r == "first probe passed"),
+            "{flip:?}"
+        );
+        assert!(s.passed_once());
+        s.observe(Err("x".into()), &p);
+        s.observe(Err("x".into()), &p);
+        assert_eq!(s.verdict(), Verdict::Down);
+        assert_eq!(s.observe(Ok(()), &p), None, "one pass is no longer enough");
         assert!(matches!(s.observe(Ok(()), &p), Some(Flip::Up(_))));
     }
 

@@ -186,13 +186,13 @@ impl Drop for Project {
         if std::thread::panicking() {
             if let Ok(logs) = self
                 .command()
-                .args(["logs", "--no-color", "--tail", "50"])
+                .args(["logs", "--no-color", "--timestamps"])
                 .output()
             {
                 eprintln!(
-                    "--- logs of {} ---\n{}",
+                    "--- logs of {} without access-log lines, last {LOG_LINES_ON_FAILURE} ---\n{}",
                     self.name,
-                    String::from_utf8_lossy(&logs.stdout)
+                    without_access_lines(&String::from_utf8_lossy(&logs.stdout))
                 );
             }
         }
@@ -201,6 +201,23 @@ impl Drop for Project {
             .args(["down", "-v", "--remove-orphans", "-t", "5"])
             .status();
     }
+}
+
+/// How many log lines a failed compose test prints.
+const LOG_LINES_ON_FAILURE: usize = 80;
+
+/// The last [`LOG_LINES_ON_FAILURE`] lines of `logs` that are not access-log lines (rondo's
+/// `rondo::access`, the backend's actix `Logger`): what the balancer decided (discovery, health
+/// flips) and what the backends said on starting and stopping, in time order.
+fn without_access_lines(logs: &str) -> String {
+    let mut lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| !l.contains("rondo::access") && !l.contains("middleware::logger"))
+        .collect();
+    // `--timestamps` puts Docker's time after the `service-1  | ` prefix.
+    lines.sort_by_key(|l| l.split_once("| ").map_or("", |(_, rest)| rest));
+    let skip = lines.len().saturating_sub(LOG_LINES_ON_FAILURE);
+    lines[skip..].join("\n")
 }
 
 /// The hostname of container `id` (what the backend puts in `X-Served-By`), if it exists.
@@ -449,5 +466,28 @@ impl Drop for LogCollector {
         if let Ok(mut copies) = self.copies.lock() {
             copies.stop_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Access-log lines are left out and the rest merged across containers in time order.
+    #[test]
+    fn failure_logs_leave_out_access_lines_and_merge_by_time() {
+        let logs = "\
+server1-1  | 2026-12-01T10:22:06.1Z [INFO  backend] serving \"Server 1\"
+server1-1  | 2026-12-01T10:22:09.0Z [INFO  actix_web::middleware::logger] GET /health 200
+balancer-1  | 2026-12-01T10:22:05.0Z [INFO  rondo] listening
+balancer-1  | 2026-12-01T10:22:07.0Z [INFO  rondo::access] 127.0.0.1 GET / 200
+balancer-1  | 2026-12-01T10:22:08.0Z [INFO  rondo::discovery] discovery: server2 has 3";
+        assert_eq!(
+            without_access_lines(logs),
+            "\
+balancer-1  | 2026-12-01T10:22:05.0Z [INFO  rondo] listening
+server1-1  | 2026-12-01T10:22:06.1Z [INFO  backend] serving \"Server 1\"
+balancer-1  | 2026-12-01T10:22:08.0Z [INFO  rondo::discovery] discovery: server2 has 3"
+        );
     }
 }

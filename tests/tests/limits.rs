@@ -472,3 +472,85 @@ async fn a_pipelined_head_keeps_its_bodiless_answer_before_a_refusal() {
     let length = raw_header(rest, "content-length").expect("a length");
     assert_eq!(length, body.len().to_string(), "{all:?}");
 }
+
+/// Splits `all` into responses whose bodies have a `Content-Length`; `bodiless[i]` says the
+/// i-th answers a `HEAD` (a length, no body). Returns each response's head and body.
+fn split_responses<'a>(all: &'a str, bodiless: &[bool]) -> Vec<(&'a str, &'a str)> {
+    let mut rest = all;
+    let mut out = Vec::new();
+    for &no_body in bodiless {
+        let (head, after) = rest.split_once("\r\n\r\n").unwrap_or_else(|| {
+            panic!(
+                "{} whole responses of {}: {all:?}",
+                out.len(),
+                bodiless.len()
+            )
+        });
+        let length: usize = match no_body {
+            true => 0,
+            false => raw_header(head, "content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or_else(|| panic!("a Content-Length: {all:?}")),
+        };
+        let (body, next) = after.split_at(length.min(after.len()));
+        out.push((head, body));
+        rest = next;
+    }
+    assert_eq!(rest, "", "nothing after the last response: {all:?}");
+    out
+}
+
+/// A `GET`, a `HEAD`, a `GET` with `Connection: close` and an HTTP/1.0 `GET`, sent in one write:
+/// the later heads are read while the first waits for its endpoint, yet each answer is made for
+/// its own request: the `GET`s carry their bodies and only the `HEAD`'s has none, only the
+/// third says `Connection: close`, and only the fourth (never sent: the connection closes after
+/// the third) would be HTTP/1.0.
+#[actix_web::test]
+async fn pipelined_requests_are_each_answered_as_their_own() {
+    let (_b, lb) = balancer_with(|_| {}).await;
+    let mut stream = TcpStream::connect(lb.addrs()[0]).await.expect("connect");
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD / HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+              GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let answers = split_responses(&all, &[false, true, false]);
+    for (i, (head, body)) in answers.iter().enumerate() {
+        assert!(head.starts_with("HTTP/1.1 200"), "answer {i}: {all:?}");
+        let close = raw_header(head, "connection").is_some_and(|c| c == "close");
+        assert_eq!(close, i == 2, "answer {i} and Connection: close: {all:?}");
+        let expected = if i == 1 { "" } else { "Server 1" };
+        assert_eq!(*body, expected, "answer {i}: {all:?}");
+    }
+    assert_eq!(
+        raw_header(answers[1].0, "content-length"),
+        Some("8"),
+        "{all:?}"
+    );
+}
+
+/// An HTTP/1.0 request pipelined behind an HTTP/1.1 one: the first answer is HTTP/1.1 and
+/// keeps the connection, the second is HTTP/1.0 and closes it.
+#[actix_web::test]
+async fn a_pipelined_http_1_0_request_does_not_change_the_answer_before_it() {
+    let (_b, lb) = balancer_with(|_| {}).await;
+    let mut stream = TcpStream::connect(lb.addrs()[0]).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let answers = split_responses(&all, &[false, false]);
+    assert!(answers[0].0.starts_with("HTTP/1.1 200"), "{all:?}");
+    assert_eq!(raw_header(answers[0].0, "connection"), None, "{all:?}");
+    assert!(answers[1].0.starts_with("HTTP/1.0 200"), "{all:?}");
+    assert!(
+        answers.iter().all(|(_, body)| *body == "Server 1"),
+        "{all:?}"
+    );
+}

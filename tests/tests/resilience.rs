@@ -461,6 +461,39 @@ async fn new_endpoint_enters_only_after_its_first_good_probe() {
     until_served_by(&client, &url, &["a", "b"]).await;
 }
 
+/// A new endpoint that fails its first probes for a second (a replica whose server is still
+/// starting when discovery names it) joins within a probe or two of passing, well before the 2 s
+/// interval, although the failures reported it down and `rise` is 2.
+#[actix_web::test]
+async fn a_replica_still_starting_when_discovered_joins_soon_after_it_passes() {
+    let a = start_switchable("a", true);
+    let b = start_switchable("b", false);
+    let resolver = StaticResolver::new();
+    resolver.set("service", vec![a.addr]);
+    let mut config = with_fast_probes(config_for(&["service:8080".into()]));
+    config.health_interval = Duration::from_secs(2);
+    let lb = start_balancer(&config, resolver.clone()).await;
+    let client = client();
+    let url = url_of(&lb, "/");
+    resolver.set("service", vec![a.addr, b.addr]);
+    // Discovery ticks every 50 ms in tests; a second of failed probes (fall is 2) reports b down.
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let seen = served_by_during(&client, &url, 4).await;
+    assert!(seen.iter().all(|s| s == "a"), "{seen:?}");
+    b.healthy.store(true, Ordering::SeqCst);
+    let passing = Instant::now();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|s| s == "b") {
+        assert!(
+            passing.elapsed() < Duration::from_secs(1),
+            "b not served 1 s after its probes pass (interval 2 s): {seen:?}"
+        );
+        seen.extend(served_by_during(&client, &url, 2).await);
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("b served {:?} after its probes pass", passing.elapsed());
+}
+
 /// With every endpoint failing its checks, requests still go to every endpoint in turn.
 #[actix_web::test]
 async fn with_no_healthy_endpoint_every_endpoint_is_still_tried() {

@@ -331,9 +331,24 @@ impl ServiceConfig {
         self.0.date_service.now()
     }
 
-    /// rondo: whether the task that keeps the date current still runs.
-    pub(crate) fn date_service_running(&self) -> bool {
-        self.0.date_service.running()
+    /// rondo: the configuration of a client codec: the defaults, with a date service that
+    /// runs no task (a client writes no `Date`; see `DateService::frozen`).
+    pub(crate) fn for_client() -> ServiceConfig {
+        // Every field as `Inner::default` has it, which would spawn a date task.
+        ServiceConfig(Rc::new(Inner {
+            keep_alive: KeepAlive::default(),
+            client_request_timeout: Duration::from_secs(5),
+            client_disconnect_timeout: Duration::ZERO,
+            secure: false,
+            local_addr: None,
+            tcp_nodelay: None,
+            date_service: DateService::frozen(),
+            h1_allow_half_closed: true,
+            h1_write_buffer_size: DEFAULT_H1_WRITE_BUFFER_SIZE,
+            h2_conn_window_size: DEFAULT_H2_CONN_WINDOW_SIZE,
+            h2_stream_window_size: DEFAULT_H2_STREAM_WINDOW_SIZE,
+            graceful_shutdown_signal: None,
+        }))
     }
 
     /// Writes date header to `dst` buffer.

@@ -47,7 +47,8 @@ impl fmt::Write for Date {
 /// Service for update Date and Instant periodically at 500 millis interval.
 pub(crate) struct DateService {
     current: Rc<Cell<(Date, Instant)>>,
-    handle: JoinHandle<()>,
+    // rondo: `None` for a client's configuration, which writes no date (see `frozen`).
+    handle: Option<JoinHandle<()>>,
 }
 
 impl DateService {
@@ -69,16 +70,25 @@ impl DateService {
             }
         });
 
-        DateService { current, handle }
+        DateService {
+            current,
+            handle: Some(handle),
+        }
+    }
+
+    /// rondo: a date service with no task: the date and instant of its making, never updated.
+    /// For a client's configuration: requests carry no `Date` (`encoder.rs`), so the task
+    /// that kept one current woke each worker twice a second for nothing, and could not be
+    /// made outside a runtime.
+    pub(crate) fn frozen() -> Self {
+        DateService {
+            current: Rc::new(Cell::new((Date::new(), Instant::now()))),
+            handle: None,
+        }
     }
 
     pub(crate) fn now(&self) -> Instant {
         self.current.get().1
-    }
-
-    /// rondo: whether the updating task still runs (it ends with the runtime that ran it).
-    pub(crate) fn running(&self) -> bool {
-        !self.handle.is_finished()
     }
 
     pub(crate) fn with_date<F: FnMut(&Date)>(&self, mut f: F) {
@@ -95,6 +105,8 @@ impl fmt::Debug for DateService {
 impl Drop for DateService {
     fn drop(&mut self) {
         // stop the timer update async task on drop.
-        self.handle.abort();
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
     }
 }

@@ -56,25 +56,14 @@ impl Default for ClientCodec {
 ///
 /// awc makes a `ClientCodec::default()` for every request it sends, and a new `ServiceConfig`
 /// spawned a date-updating task with its own 500 ms interval each time: a task, a timer and a
-/// wake-up of the runtime (an eventfd write) per request, and the date formatted twice. One
-/// config per thread does the same job once. It is made again when its date task is gone (the
-/// runtime that ran it was dropped, as between tests on one thread).
+/// wake-up of the runtime (an eventfd write) per request, and the date formatted twice. A
+/// client writes no `Date`, so its configuration has no date task at all
+/// ([`ServiceConfig::for_client`]), and one per thread serves every codec.
 fn thread_client_config() -> ServiceConfig {
     thread_local! {
-        static CONFIG: std::cell::RefCell<Option<ServiceConfig>> =
-            const { std::cell::RefCell::new(None) };
+        static CONFIG: ServiceConfig = ServiceConfig::for_client();
     }
-    CONFIG.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        match &*cached {
-            Some(config) if config.date_service_running() => config.clone(),
-            _ => {
-                let config = ServiceConfig::default();
-                *cached = Some(config.clone());
-                config
-            }
-        }
-    })
+    CONFIG.with(ServiceConfig::clone)
 }
 
 impl fmt::Debug for ClientCodec {

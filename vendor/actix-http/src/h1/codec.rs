@@ -104,14 +104,46 @@ impl Codec {
         &self.config
     }
 
-    /// rondo: the next response answers no request that was read (the dispatcher's 400 or 431
-    /// for a head it could not read, its 408 for a head that never ended): it carries its
-    /// body, whatever the last request's method was. Called when that response is about to be
-    /// written, not when the error is found: a `HEAD` read before it may still be waiting for
-    /// its own response, which must go out without a body.
-    pub(crate) fn answer_unread_request(&mut self) {
-        self.flags.remove(Flags::HEAD);
+    /// rondo: what the response to the request last decoded must know of it.
+    pub(crate) fn answering(&self) -> Answering {
+        Answering {
+            head: self.flags.contains(Flags::HEAD),
+            stream: self.flags.contains(Flags::STREAM),
+            version: self.version,
+            conn_type: self.conn_type,
+        }
     }
+
+    /// rondo: the response encoded next answers `request`. The decoder may have read requests
+    /// pipelined behind it since (a `HEAD` after a `GET` would otherwise strip the `GET`'s body,
+    /// a `Connection: close` on a later request close the connection after this one).
+    pub(crate) fn answer(&mut self, request: Answering) {
+        self.flags.set(Flags::HEAD, request.head);
+        self.flags.set(Flags::STREAM, request.stream);
+        self.version = request.version;
+        self.conn_type = request.conn_type;
+    }
+}
+
+/// rondo: what a response must know of the request it answers; the dispatcher keeps it with
+/// each request, since the codec only knows the request it decoded last.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Answering {
+    head: bool,
+    stream: bool,
+    version: Version,
+    conn_type: ConnectionType,
+}
+
+impl Answering {
+    /// rondo: for the dispatcher's 400, 408 or 431 to a request head that could not be read:
+    /// an HTTP/1.1 response with its body, closing the connection.
+    pub(crate) const UNREAD: Answering = Answering {
+        head: false,
+        stream: false,
+        version: Version::HTTP_11,
+        conn_type: ConnectionType::Close,
+    };
 }
 
 impl Decoder for Codec {

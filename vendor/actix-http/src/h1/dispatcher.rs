@@ -19,7 +19,7 @@ use tokio_util::codec::{Decoder as _, Encoder as _};
 use tracing::{debug, error, info, trace};
 
 use super::{
-    codec::Codec,
+    codec::{Answering, Codec},
     decoder::MAX_BUFFER_SIZE,
     payload::{Payload, PayloadSender, PayloadStatus},
     timer::TimerState,
@@ -83,6 +83,11 @@ bitflags! {
         /// progress): it waits up to [`DRAIN_IDLE_TIMEOUT`] for one more request, which it
         /// serves with `Connection: close` (becoming [`DRAINING`](Self::DRAINING)).
         const DRAIN_IDLE       = 0b1_0000_0000;
+
+        /// rondo: a request that closes the connection (`Connection: close`, HTTP/1.0 without
+        /// keep-alive) was read: nothing after its body is read as a request (RFC 9112 §9.6:
+        /// the server must not process further requests on that connection).
+        const LAST_REQUEST     = 0b10_0000_0000;
     }
 }
 
@@ -185,6 +190,9 @@ pin_project! {
         // true when current request uses chunked transfer encoding (drainable when payload is dropped)
         payload_drainable: bool,
         messages: VecDeque<DispatcherMessage>,
+        // rondo: the request whose response is being made: set as it starts, given to the codec
+        // as its response is written.
+        answering: Answering,
 
         head_timer: TimerState,
         ka_timer: TimerState,
@@ -208,8 +216,9 @@ pin_project! {
 }
 
 enum DispatcherMessage {
-    Item(Request),
-    Upgrade(Request),
+    // rondo: with what its response must know of it (the codec knows only the last request).
+    Item(Request, Answering),
+    Upgrade(Request, Answering),
     // rondo: error responses carry a body naming the reason.
     Error(Response<()>, BoxBody),
 }
@@ -350,6 +359,7 @@ where
                     payload: None,
                     payload_drainable: false,
                     messages: VecDeque::new(),
+                    answering: Answering::UNREAD,
 
                     head_timer: TimerState::new(config.client_request_deadline().is_some()),
                     ka_timer: TimerState::new(config.keep_alive().enabled()),
@@ -532,6 +542,7 @@ where
 
         let size = body.size();
 
+        this.codec.answer(*this.answering);
         this.codec
             .encode(Message::Item((res, size)), this.write_buf)
             .map_err(|err| {
@@ -672,7 +683,8 @@ where
                 // no future is in InnerDispatcher state; pop next message
                 StateProj::None => match this.messages.pop_front() {
                     // handle request message
-                    Some(DispatcherMessage::Item(req)) => {
+                    Some(DispatcherMessage::Item(req, answering)) => {
+                        *this.answering = answering;
                         // Handle `EXPECT: 100-Continue` header
                         if req.head().expect() {
                             // set InnerDispatcher state and continue loop to poll it
@@ -687,10 +699,8 @@ where
 
                     // handle error message
                     Some(DispatcherMessage::Error(res, body)) => {
-                        // rondo: it answers a request that could not be read, whatever the
-                        // method of the last one that could (every response queued before it
-                        // has been written by now).
-                        self.as_mut().project().codec.answer_unread_request();
+                        // rondo: it answers a request that could not be read.
+                        *this.answering = Answering::UNREAD;
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
@@ -698,7 +708,11 @@ where
                     }
 
                     // return with upgrade request and poll it exclusively
-                    Some(DispatcherMessage::Upgrade(req)) => return Ok(PollResponse::Upgrade(req)),
+                    Some(DispatcherMessage::Upgrade(req, answering)) => {
+                        // rondo: the upgrade handler gets the codec answering this request.
+                        this.codec.answer(answering);
+                        return Ok(PollResponse::Upgrade(req));
+                    }
 
                     // all messages are dealt with
                     None => {
@@ -995,6 +1009,10 @@ where
             {
                 break;
             }
+            // rondo: nor after a request that closes the connection, once its body is read.
+            if this.flags.contains(Flags::LAST_REQUEST) && this.payload.is_none() {
+                break;
+            }
 
             match this.codec.decode(this.read_buf) {
                 Ok(Some(msg)) => {
@@ -1014,6 +1032,10 @@ where
                             }
 
                             req.head_mut().peer_addr = *this.peer_addr;
+                            let answering = this.codec.answering();
+                            if !this.codec.keep_alive() && !this.codec.upgrade() {
+                                this.flags.insert(Flags::LAST_REQUEST);
+                            }
 
                             req.conn_data.clone_from(this.conn_data);
 
@@ -1026,7 +1048,8 @@ where
                                 // upgraded Request.
                                 MessageType::Stream if this.flow.upgrade.is_some() => {
                                     *this.payload_drainable = false;
-                                    this.messages.push_back(DispatcherMessage::Upgrade(req));
+                                    this.messages
+                                        .push_back(DispatcherMessage::Upgrade(req, answering));
                                     break;
                                 }
 
@@ -1046,10 +1069,12 @@ where
 
                             // handle request early when no future in InnerDispatcher state.
                             if this.state.is_none() {
+                                *this.answering = answering;
                                 self.as_mut().handle_request(req, cx)?;
                                 this = self.as_mut().project();
                             } else {
-                                this.messages.push_back(DispatcherMessage::Item(req));
+                                this.messages
+                                    .push_back(DispatcherMessage::Item(req, answering));
                             }
                         }
 
@@ -1161,7 +1186,7 @@ where
             self.as_mut().project().head_timer.clear(line!());
 
             let peer = *self.as_mut().project().peer_addr;
-            self.as_mut().project().codec.answer_unread_request();
+            *self.as_mut().project().answering = Answering::UNREAD;
             let (res, body) = own_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "no complete request head arrived within RONDO_CLIENT_TIMEOUT",
