@@ -57,7 +57,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Makes an endpoint of `upstream` (configured at `upstream_index`) at `addr`. With
-    /// `probed` true it starts in rotation; otherwise it waits for its first good probe.
+    /// `probed` true (active checks on) it waits out of rotation for its first good probe;
+    /// otherwise it starts in rotation.
     pub fn new(upstream_index: usize, upstream: Arc<str>, addr: SocketAddr, probed: bool) -> Self {
         Endpoint {
             upstream_index,
@@ -197,9 +198,21 @@ impl Endpoint {
         lock(&self.active).verdict()
     }
 
-    /// Whether an active probe has ever passed (a new endpoint enters on its first pass).
-    pub fn passed_a_probe(&self) -> bool {
-        lock(&self.active).passed_once()
+    /// Whether the endpoint is still starting for the active check: no probe has passed and
+    /// its time to start has not run out (it enters on its first pass).
+    pub fn is_starting(&self) -> bool {
+        lock(&self.active).is_starting()
+    }
+
+    /// Ends the endpoint's start without a pass; see [`ActiveState::settle`].
+    pub fn settle_probes(&self, reason: &str) -> Option<Flip> {
+        let mut active = lock(&self.active);
+        let flip = active.settle(reason);
+        self.active_up.store(
+            active.verdict() == crate::health::Verdict::Up,
+            AtomicOrdering::Relaxed,
+        );
+        flip
     }
 
     /// Records one active probe result.

@@ -191,9 +191,10 @@ pub struct ActiveState {
     /// Probes in a row whose result goes against the verdict (failures of an `Up` or `Unknown`
     /// endpoint, passes of a `Down` one).
     streak: u32,
-    /// Whether a probe has ever passed: until one has, the endpoint is new, and its first pass
-    /// brings it in whatever failures came before.
-    passed_once: bool,
+    /// Whether the endpoint is past its start: a probe has passed, or its time to start ran out
+    /// ([`settle`](Self::settle)). Until then its first pass brings it in, whatever failures
+    /// came before (a replica probed before its server listens).
+    settled: bool,
 }
 
 impl ActiveState {
@@ -202,24 +203,39 @@ impl ActiveState {
         self.verdict
     }
 
-    /// Whether any probe has passed yet.
-    pub fn passed_once(&self) -> bool {
-        self.passed_once
+    /// Whether the endpoint is still starting: no probe has passed and it has not been settled.
+    pub fn is_starting(&self) -> bool {
+        !self.settled
+    }
+
+    /// Ends the endpoint's start without a pass (its time to start ran out): from now on it
+    /// comes in after `rise` passes like any other. Reports `Down` if it was still `Unknown`.
+    pub fn settle(&mut self, reason: &str) -> Option<Flip> {
+        if self.settled {
+            return None;
+        }
+        self.settled = true;
+        if self.verdict != Verdict::Unknown {
+            return None;
+        }
+        self.verdict = Verdict::Down;
+        self.streak = 0;
+        Some(Flip::Down(reason.to_string()))
     }
 
     /// Records one probe result (`Err` carries the reason) and reports a flip, if any.
     ///
-    /// The first pass ever brings the endpoint `Up`, from `Unknown` or from a `Down` that only
-    /// failed probes of a starting replica caused. Otherwise `Unknown` goes `Down` after `fall`
-    /// failures; `Up` goes `Down` after `fall` failures in a row; `Down` goes `Up` after `rise`
-    /// passes in a row.
+    /// While the endpoint is starting, its first pass brings it `Up`, from `Unknown` or from a
+    /// `Down` that failed probes of a replica still starting caused. Otherwise `Unknown` goes
+    /// `Down` after `fall` failures; `Up` goes `Down` after `fall` failures in a row; `Down`
+    /// goes `Up` after `rise` passes in a row.
     pub fn observe(&mut self, result: Result<(), String>, policy: &ActivePolicy) -> Option<Flip> {
         let (passed, reason) = match result {
             Ok(()) => (true, String::new()),
             Err(reason) => (false, reason),
         };
-        if passed && !self.passed_once {
-            self.passed_once = true;
+        if passed && !self.settled {
+            self.settled = true;
             self.streak = 0;
             self.verdict = Verdict::Up;
             return Some(Flip::Up("first probe passed".into()));
@@ -309,8 +325,9 @@ pub async fn probe(
 /// [`NEW_ENDPOINT_WINDOW`].
 const NEW_ENDPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
-/// How long a new endpoint is probed every [`NEW_ENDPOINT_INTERVAL`] while no probe passes;
-/// then, not to flood a backend that fails its checks from the start, at the interval.
+/// How long a new endpoint is starting while no probe passes: probed every
+/// [`NEW_ENDPOINT_INTERVAL`], and in on its first pass. Then, not to flood a backend that fails
+/// its checks from the start, it is probed at the interval and needs `rise` passes.
 const NEW_ENDPOINT_WINDOW: Duration = Duration::from_secs(10);
 
 /// How often the prober looks for endpoints that discovery added or removed.
@@ -372,11 +389,23 @@ async fn probe_loop(
         if let Some(flip) = endpoint.observe_probe(result, &policy) {
             log_flip(&endpoint, "active", &flip);
         }
-        // Until its first good probe, for at most 10 s, a new endpoint is probed every 200 ms (or
-        // at the interval, if shorter), so a replica still starting at its first probes joins
-        // soon after its server listens.
-        let new = !endpoint.passed_a_probe() && discovered.elapsed() < NEW_ENDPOINT_WINDOW;
-        let wait = if new {
+        // Until its first good probe, for at most 10 s, a new endpoint is starting: it is probed
+        // every 200 ms (or at the interval, if shorter), and its first pass brings it in, so a
+        // replica probed before its server listens joins soon after it does. Then it needs
+        // `rise` passes like any other, probed at the interval, not to flood a backend that
+        // fails its checks from the start.
+        let mut starting = endpoint.is_starting();
+        if starting && discovered.elapsed() >= NEW_ENDPOINT_WINDOW {
+            let reason = format!(
+                "no probe passed within {}s of discovery",
+                NEW_ENDPOINT_WINDOW.as_secs()
+            );
+            if let Some(flip) = endpoint.settle_probes(&reason) {
+                log_flip(&endpoint, "active", &flip);
+            }
+            starting = false;
+        }
+        let wait = if starting {
             policy.interval.min(NEW_ENDPOINT_INTERVAL)
         } else {
             policy.interval
@@ -559,17 +588,47 @@ mod tests {
             s.observe(Err("refused".into()), &p),
             Some(Flip::Down(_))
         ));
-        assert!(!s.passed_once());
+        assert!(s.is_starting());
         let flip = s.observe(Ok(()), &p);
         assert!(
             matches!(&flip, Some(Flip::Up(r)) if r == "first probe passed"),
             "{flip:?}"
         );
-        assert!(s.passed_once());
+        assert!(!s.is_starting());
+        assert_eq!(s.settle("late"), None, "a started endpoint stays as it is");
+        assert_eq!(s.verdict(), Verdict::Up);
         s.observe(Err("x".into()), &p);
         s.observe(Err("x".into()), &p);
         assert_eq!(s.verdict(), Verdict::Down);
         assert_eq!(s.observe(Ok(()), &p), None, "one pass is no longer enough");
+        assert!(matches!(s.observe(Ok(()), &p), Some(Flip::Up(_))));
+    }
+
+    /// An endpoint whose start ran out without a pass needs `rise` passes, as any other.
+    #[test]
+    fn a_settled_endpoint_that_never_passed_needs_rise_passes() {
+        let p = active(3, 2);
+        let mut s = ActiveState::default();
+        s.observe(Err("refused".into()), &p);
+        s.observe(Err("refused".into()), &p);
+        assert_eq!(s.verdict(), Verdict::Down);
+        assert_eq!(s.settle("ran out"), None, "down was reported already");
+        assert!(!s.is_starting());
+        assert_eq!(s.observe(Ok(()), &p), None);
+        assert_eq!(s.observe(Ok(()), &p), None);
+        assert!(matches!(s.observe(Ok(()), &p), Some(Flip::Up(r)) if r.contains("3 probe")));
+    }
+
+    /// An endpoint still `Unknown` when its start runs out (a `fall` larger than the probes
+    /// of the start) is reported down then, with the reason, and needs `rise` passes.
+    #[test]
+    fn an_unknown_endpoint_settled_goes_down_with_the_reason() {
+        let p = active(2, 100);
+        let mut s = ActiveState::default();
+        assert_eq!(s.observe(Err("refused".into()), &p), None);
+        assert!(matches!(s.settle("ran out"), Some(Flip::Down(r)) if r == "ran out"));
+        assert_eq!(s.verdict(), Verdict::Down);
+        assert_eq!(s.observe(Ok(()), &p), None);
         assert!(matches!(s.observe(Ok(()), &p), Some(Flip::Up(_))));
     }
 

@@ -15,6 +15,13 @@ fn status_of(response: &str) -> &str {
     response.get(9..12).unwrap_or("")
 }
 
+/// A connection to `lb` on which `bytes` have been sent.
+async fn connect_and_send(lb: &balancer::Running, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(lb.addrs()[0]).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
 async fn balancer_with(change: impl FnOnce(&mut Config)) -> (Backend, balancer::Running) {
     let b = start_backend("Server 1", "b1");
     let mut config = config_for(&[b.addr.to_string()]);
@@ -454,13 +461,11 @@ async fn refusals_after_a_head_request_carry_their_body() {
 #[actix_web::test]
 async fn a_pipelined_head_keeps_its_bodiless_answer_before_a_refusal() {
     let (_b, lb) = balancer_with(|_| {}).await;
-    let mut stream = TcpStream::connect(lb.addrs()[0]).await.expect("connect");
-    stream
-        .write_all(
-            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
-        )
-        .await
-        .expect("write");
+    let mut stream = connect_and_send(
+        &lb,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+    )
+    .await;
     let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     let (head, rest) = all.split_once("\r\n\r\n").expect("the HEAD's answer");
     assert_eq!(status_of(head), "200", "{all:?}");
@@ -508,16 +513,14 @@ fn split_responses<'a>(all: &'a str, bodiless: &[bool]) -> Vec<(&'a str, &'a str
 #[actix_web::test]
 async fn pipelined_requests_are_each_answered_as_their_own() {
     let (_b, lb) = balancer_with(|_| {}).await;
-    let mut stream = TcpStream::connect(lb.addrs()[0]).await.expect("connect");
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+    let mut stream = connect_and_send(
+        &lb,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
               HEAD / HTTP/1.1\r\nHost: x\r\n\r\n\
               GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
               GET / HTTP/1.0\r\nHost: x\r\n\r\n",
-        )
-        .await
-        .expect("write");
+    )
+    .await;
     let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     let answers = split_responses(&all, &[false, true, false]);
     for (i, (head, body)) in answers.iter().enumerate() {
@@ -539,11 +542,11 @@ async fn pipelined_requests_are_each_answered_as_their_own() {
 #[actix_web::test]
 async fn a_pipelined_http_1_0_request_does_not_change_the_answer_before_it() {
     let (_b, lb) = balancer_with(|_| {}).await;
-    let mut stream = TcpStream::connect(lb.addrs()[0]).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = connect_and_send(
+        &lb,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\nHost: x\r\n\r\n",
+    )
+    .await;
     let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     let answers = split_responses(&all, &[false, false]);
     assert!(answers[0].0.starts_with("HTTP/1.1 200"), "{all:?}");
@@ -553,4 +556,28 @@ async fn a_pipelined_http_1_0_request_does_not_change_the_answer_before_it() {
         answers.iter().all(|(_, body)| *body == "Server 1"),
         "{all:?}"
     );
+}
+
+/// A `Connection: close` `POST` whose body comes in several writes, the last one carrying a
+/// pipelined request after the body: the body is read whole and answered, and the request
+/// behind it is not.
+#[actix_web::test]
+async fn a_closing_post_gets_its_whole_body_and_nothing_behind_it_is_answered() {
+    let (_b, lb) = balancer_with(|_| {}).await;
+    let mut stream = connect_and_send(
+        &lb,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\n01",
+    )
+    .await;
+    for part in [&b"234"[..], b"56789GET / HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(part).await.expect("write");
+    }
+    let all = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let answers = split_responses(&all, &[false]);
+    assert!(answers[0].0.starts_with("HTTP/1.1 200"), "{all:?}");
+    let echo: serde_json::Value = serde_json::from_str(answers[0].1).expect("the echo's JSON");
+    assert_eq!(echo["body_length"], 10, "{all:?}");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"0123456789"));
+    assert_eq!(echo["body_sha256"], sha.as_str(), "{all:?}");
 }

@@ -198,6 +198,13 @@ struct Inner {
 
 impl Default for Inner {
     fn default() -> Self {
+        Self::with_date_service(DateService::new())
+    }
+}
+
+impl Inner {
+    /// rondo: the defaults with the given date service (`DateService::new` spawns a task).
+    fn with_date_service(date_service: DateService) -> Self {
         Self {
             keep_alive: KeepAlive::default(),
             client_request_timeout: Duration::from_secs(5),
@@ -205,7 +212,7 @@ impl Default for Inner {
             secure: false,
             local_addr: None,
             tcp_nodelay: None,
-            date_service: DateService::new(),
+            date_service,
             h1_allow_half_closed: true,
             h1_write_buffer_size: DEFAULT_H1_WRITE_BUFFER_SIZE,
             h2_conn_window_size: DEFAULT_H2_CONN_WINDOW_SIZE,
@@ -334,21 +341,7 @@ impl ServiceConfig {
     /// rondo: the configuration of a client codec: the defaults, with a date service that
     /// runs no task (a client writes no `Date`; see `DateService::frozen`).
     pub(crate) fn for_client() -> ServiceConfig {
-        // Every field as `Inner::default` has it, which would spawn a date task.
-        ServiceConfig(Rc::new(Inner {
-            keep_alive: KeepAlive::default(),
-            client_request_timeout: Duration::from_secs(5),
-            client_disconnect_timeout: Duration::ZERO,
-            secure: false,
-            local_addr: None,
-            tcp_nodelay: None,
-            date_service: DateService::frozen(),
-            h1_allow_half_closed: true,
-            h1_write_buffer_size: DEFAULT_H1_WRITE_BUFFER_SIZE,
-            h2_conn_window_size: DEFAULT_H2_CONN_WINDOW_SIZE,
-            h2_stream_window_size: DEFAULT_H2_STREAM_WINDOW_SIZE,
-            graceful_shutdown_signal: None,
-        }))
+        ServiceConfig(Rc::new(Inner::with_date_service(DateService::frozen())))
     }
 
     /// Writes date header to `dst` buffer.

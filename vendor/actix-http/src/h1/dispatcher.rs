@@ -1009,8 +1009,11 @@ where
             {
                 break;
             }
-            // rondo: nor after a request that closes the connection, once its body is read.
+            // rondo: nor after a request that closes the connection, once its body is read:
+            // whatever follows it is dropped unread (as `read_available` drops what comes
+            // later), so that it neither fills the buffer nor starts a head timer.
             if this.flags.contains(Flags::LAST_REQUEST) && this.payload.is_none() {
+                this.read_buf.clear();
                 break;
             }
 
@@ -1456,6 +1459,16 @@ where
 
             match tokio_util::io::poll_read_buf(io.as_mut(), cx, this.read_buf) {
                 Poll::Ready(Ok(n)) => {
+                    // rondo: after a request that closes the connection, once its body is
+                    // read, what a client sends is dropped: it starts no request, and it is
+                    // read on only so that the client's close is seen. A full buffer here made
+                    // this loop return at once and wake itself, spinning until the response.
+                    if n > 0 && this.flags.contains(Flags::LAST_REQUEST) && this.payload.is_none()
+                    {
+                        this.read_buf.clear();
+                        continue;
+                    }
+
                     // When draining a dropped request payload, keep FINISHED set so the
                     // disconnect/keep-alive decision can be made once the payload is fully drained.
                     if !this.payload.as_ref().is_some_and(|pl| pl.is_dropped()) {
@@ -1702,8 +1715,13 @@ where
                         }
 
                         // disconnect if keep-alive is not enabled
-                        if inner_p.flags.contains(Flags::FINISHED)
-                            && !inner_p.flags.contains(Flags::KEEP_ALIVE)
+                        // rondo: or once the request that closes the connection is answered
+                        // (FINISHED alone could be cleared by bytes read after it).
+                        let answered_last = inner_p.flags.contains(Flags::LAST_REQUEST)
+                            && inner_p.messages.is_empty();
+                        if (answered_last
+                            || inner_p.flags.contains(Flags::FINISHED)
+                                && !inner_p.flags.contains(Flags::KEEP_ALIVE))
                             && inner_p.payload.is_none()
                         {
                             inner_p.flags.remove(Flags::FINISHED);
