@@ -385,17 +385,12 @@ async fn probe_loop(
 ) {
     let discovered = Instant::now();
     loop {
-        let result = probe(&client, &endpoint, &policy).await;
-        if let Some(flip) = endpoint.observe_probe(result, &policy) {
-            log_flip(&endpoint, "active", &flip);
-        }
         // Until its first good probe, for at most 10 s, a new endpoint is starting: it is probed
         // every 200 ms (or at the interval, if shorter), and its first pass brings it in, so a
-        // replica probed before its server listens joins soon after it does. Then it needs
-        // `rise` passes like any other, probed at the interval, not to flood a backend that
-        // fails its checks from the start.
-        let mut starting = endpoint.is_starting();
-        if starting && discovered.elapsed() >= NEW_ENDPOINT_WINDOW {
+        // replica probed before its server listens joins soon after it does. Then (a probe
+        // started in those 10 s still counts) it needs `rise` passes like any other, probed at
+        // the interval, not to flood a backend that fails its checks from the start.
+        if endpoint.is_starting() && discovered.elapsed() >= NEW_ENDPOINT_WINDOW {
             let reason = format!(
                 "no probe passed within {}s of discovery",
                 NEW_ENDPOINT_WINDOW.as_secs()
@@ -403,9 +398,12 @@ async fn probe_loop(
             if let Some(flip) = endpoint.settle_probes(&reason) {
                 log_flip(&endpoint, "active", &flip);
             }
-            starting = false;
         }
-        let wait = if starting {
+        let result = probe(&client, &endpoint, &policy).await;
+        if let Some(flip) = endpoint.observe_probe(result, &policy) {
+            log_flip(&endpoint, "active", &flip);
+        }
+        let wait = if endpoint.is_starting() {
             policy.interval.min(NEW_ENDPOINT_INTERVAL)
         } else {
             policy.interval

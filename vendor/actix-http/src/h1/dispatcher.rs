@@ -88,6 +88,10 @@ bitflags! {
         /// keep-alive) was read: nothing after its body is read as a request (RFC 9112 §9.6:
         /// the server must not process further requests on that connection).
         const LAST_REQUEST     = 0b10_0000_0000;
+
+        /// rondo: reading stopped with [`MAX_PIPELINED_MESSAGES`] requests waiting: the poll
+        /// that finds room in the queue again wakes the dispatcher once, to read on.
+        const QUEUE_FULL       = 0b100_0000_0000;
     }
 }
 
@@ -992,6 +996,9 @@ where
 
         // limit amount of non-processed requests
         if pipeline_queue_full || can_not_read {
+            if pipeline_queue_full {
+                self.as_mut().project().flags.insert(Flags::QUEUE_FULL);
+            }
             return Ok(false);
         }
 
@@ -1425,6 +1432,12 @@ where
                 // A Request head too large to parse is only checked on `httparse::Status::Partial`.
 
                 match this.payload.as_ref().map(|p| p.need_read(cx)) {
+                    // rondo: nor is there, with the pipeline queue full: the requests in it
+                    // wake the dispatcher as they are answered, and the poll that makes room
+                    // wakes it once more (`QUEUE_FULL`). Woken at once instead, it spun until
+                    // then.
+                    _ if this.messages.len() >= MAX_PIPELINED_MESSAGES => {}
+
                     // Payload consumer is alive but applying backpressure. Wait for its waker.
                     Some(PayloadStatus::Pause) => {}
 
@@ -1466,6 +1479,7 @@ where
                     if n > 0 && this.flags.contains(Flags::LAST_REQUEST) && this.payload.is_none()
                     {
                         this.read_buf.clear();
+                        read_some = true;
                         continue;
                     }
 
@@ -1716,7 +1730,8 @@ where
 
                         // disconnect if keep-alive is not enabled
                         // rondo: or once the request that closes the connection is answered
-                        // (FINISHED alone could be cleared by bytes read after it).
+                        // and its body read: FINISHED alone is cleared by the reads of a body
+                        // that goes on arriving after an early response.
                         let answered_last = inner_p.flags.contains(Flags::LAST_REQUEST)
                             && inner_p.messages.is_empty();
                         if (answered_last
@@ -1778,6 +1793,15 @@ where
                     );
 
                     if inner_p.flags.intersects(Flags::LINGER | Flags::SHUTDOWN) {
+                        cx.waker().wake_by_ref();
+                    }
+                    // rondo: requests that reading left in the buffer while the queue was full
+                    // are read now that it has room (it may have emptied in this poll, after
+                    // `poll_request`, and then nothing else would wake the dispatcher).
+                    if inner_p.flags.contains(Flags::QUEUE_FULL)
+                        && inner_p.messages.len() < MAX_PIPELINED_MESSAGES
+                    {
+                        inner_p.flags.remove(Flags::QUEUE_FULL);
                         cx.waker().wake_by_ref();
                     }
                     Poll::Pending
