@@ -403,7 +403,7 @@ async fn probe_loop(
         if let Some(flip) = endpoint.observe_probe(result, &policy) {
             log_flip(&endpoint, "active", &flip);
         }
-        let wait = if endpoint.is_starting() {
+        let wait = if endpoint.is_starting() && discovered.elapsed() < NEW_ENDPOINT_WINDOW {
             policy.interval.min(NEW_ENDPOINT_INTERVAL)
         } else {
             policy.interval
