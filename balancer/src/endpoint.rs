@@ -208,10 +208,7 @@ impl Endpoint {
     pub fn settle_probes(&self, reason: &str) -> Option<Flip> {
         let mut active = lock(&self.active);
         let flip = active.settle(reason);
-        self.active_up.store(
-            active.verdict() == crate::health::Verdict::Up,
-            AtomicOrdering::Relaxed,
-        );
+        self.sync_active(&active);
         flip
     }
 
@@ -219,11 +216,16 @@ impl Endpoint {
     pub fn observe_probe(&self, result: Result<(), String>, policy: &ActivePolicy) -> Option<Flip> {
         let mut active = lock(&self.active);
         let flip = active.observe(result, policy);
+        self.sync_active(&active);
+        flip
+    }
+
+    /// Mirrors the active check's verdict into the flag the hot path reads.
+    fn sync_active(&self, active: &ActiveState) {
         self.active_up.store(
             active.verdict() == crate::health::Verdict::Up,
             AtomicOrdering::Relaxed,
         );
-        flip
     }
 
     /// The socket address requests go to.

