@@ -177,8 +177,8 @@ async fn each_worker_accepts_on_its_own_descriptor_closed_at_stop() {
     );
 }
 
-/// A future that counts its polls and wakes itself each time, as the worker does between two
-/// turns of accepting: each of its polls is one turn of the worker's task queue. It ends when
+/// A future that counts its polls and wakes itself each time, as the worker does when it has
+/// accepted its batch: each of its polls is one turn of the worker's task queue. It ends when
 /// `stop` is set.
 struct Turns {
     count: Arc<AtomicUsize>,
@@ -218,7 +218,8 @@ async fn a_worker_takes_a_queue_of_connections_in_a_few_turns() {
 
     let turns = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    // The turn in which each connection was accepted (its service is called as it is).
+    // The turn in which each connection's task first ran. Tasks run in the order they were
+    // queued, so the connections accepted in one turn of the worker run in the next, together.
     let accepted_in = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (factory_turns, factory_stop) = (turns.clone(), stop.clone());
     let (connect_turns, connect_log) = (turns.clone(), accepted_in.clone());
@@ -264,6 +265,12 @@ async fn a_worker_takes_a_queue_of_connections_in_a_few_turns() {
         distinct.len() <= CLIENTS / 8,
         "{CLIENTS} connections took {} turns of a busy worker to accept",
         distinct.len()
+    );
+    // And the worker let its other tasks run between batches (16 per turn: 3 turns here).
+    assert!(
+        distinct.len() >= 2,
+        "{CLIENTS} connections were taken in one turn: a worker that takes a whole queue \
+         leaves none to the others"
     );
 
     drop(clients);

@@ -43,10 +43,10 @@ const DEFAULT_BLOCKING_THREAD_BUDGET: usize = 512;
 /// rondo: how many connections a worker accepts from its own listeners in one turn of its event
 /// loop before it lets its other tasks run. One per turn left a burst of new clients in the
 /// backlog while a loaded worker worked through its whole queue of tasks between two accepts:
-/// with 1,000 clients connecting at once to a balancer already busy, the last of them waited
-/// 1 to 2 s to be accepted (the backlog, sampled by `ss -ltn`, held 100 to 150 for over a
-/// second); 16 per turn empties it within 100 ms, and a worker that wakes to a queue still
-/// leaves the rest to the others once it has taken 16.
+/// with 1,000 clients connecting at once to a balancer already busy, up to about 150 waited
+/// in the backlog and the last of them up to 1.9 s; 16 per turn empties it within about
+/// 100 ms. A worker that wakes to a queue longer than 16 still leaves the rest to the others
+/// (a shorter one it takes whole).
 const ACCEPT_BATCH: usize = 16;
 
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -914,8 +914,8 @@ impl Future for ServerWorker {
 
                     // rondo: connections from this worker's own listeners, up to
                     // `ACCEPT_BATCH` per turn: then the worker lets its other tasks run before it
-                    // takes more, so a worker that wakes to a queue of connections leaves some to
-                    // the others, as the accept thread's round robin did.
+                    // takes more, so a worker that wakes to a queue longer than that leaves the
+                    // rest to the others.
                     if accepted == ACCEPT_BATCH {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
