@@ -45,7 +45,7 @@ const DEFAULT_BLOCKING_THREAD_BUDGET: usize = 512;
 /// backlog while a loaded worker worked through its whole queue of tasks between two accepts:
 /// with 1,000 clients connecting at once to a balancer already busy, up to about 150 waited
 /// in the backlog and the last of them up to 1.9 s; 16 per turn empties it within about
-/// 100 ms. A worker that wakes to a queue longer than 16 still leaves the rest to the others
+/// 0.2 s. A worker that wakes to a queue longer than 16 still leaves the rest to the others
 /// (a shorter one it takes whole).
 const ACCEPT_BATCH: usize = 16;
 
